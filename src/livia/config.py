@@ -1,0 +1,253 @@
+"""Livia's configuration: a TOML file, overridden by `LIVIA_<SECTION>__<KEY>` variables.
+
+Secrets (API keys, tokens) come only from the environment and are never part of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiConfig(_Section):
+    """`[apis.NAME]`: overrides of one upstream's policy; unset keys keep the defaults."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_hour: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    retry_attempts: int | None = Field(default=None, ge=1)
+    backoff_min: float | None = Field(default=None, ge=0)
+    backoff_max: float | None = Field(default=None, ge=0)
+    backoff_jitter: float | None = Field(default=None, ge=0)
+    max_wait: float | None = Field(default=None, ge=0)
+    attempt_timeout: float | None = Field(default=None, ge=0)
+    circuit_failures: int | None = Field(default=None, ge=0)
+    circuit_cooloff: float | None = Field(default=None, ge=0)
+
+    def apply(self, base: ApiPolicy) -> ApiPolicy:
+        return base.updated(**self.model_dump(exclude_none=True))
+
+
+class LlmConfig(_Section):
+    """`[llm]`: the OpenAI-compatible model."""
+
+    model: str = "gpt-4o-mini"
+    #: An OpenAI-compatible endpoint; empty means OpenAI itself (or the simulator in demo mode).
+    base_url: str = ""
+    #: Which `[apis.*]` policy model calls go through.
+    api: str = "openai"
+    system_prompt: str = ""
+    max_steps: int = Field(default=6, ge=1)
+    history_tokens: int = Field(default=6000, ge=256)
+    max_output_tokens: int = Field(default=1024, ge=16)
+    temperature: float | None = None
+    #: Seconds one model request may take.
+    timeout: float = Field(default=120.0, gt=0)
+
+
+class McpServerConfig(_Section):
+    """`[[mcp.servers]]`: one MCP tool server, over streamable HTTP (`url`) or stdio (`command`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    url: str = ""
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Which `[apis.*]` policy this server's tool calls go through.
+    api: str = "zapier"
+    #: Seconds one MCP request (handshake, listing or tool call) may take.
+    timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if bool(self.url) == bool(self.command):
+            raise ValueError("give exactly one of url (streamable HTTP) or command (stdio)")
+        return self
+
+    def resolved_url(self) -> str:
+        return expand_env(self.url)
+
+    def resolved_headers(self) -> dict[str, str]:
+        return {k: expand_env(v) for k, v in self.headers.items()}
+
+
+class McpConfig(_Section):
+    """`[mcp]`: tool servers."""
+
+    servers: list[McpServerConfig] = Field(default_factory=list)
+    #: Seconds between reconnection attempts to a server that is down.
+    reconnect_interval: float = Field(default=15.0, gt=0)
+
+
+class SlackConfig(_Section):
+    """`[slack]`: the Slack channel."""
+
+    mode: Literal["socket", "http", "off"] = "off"
+    #: The Web API base URL (tests point it at a local server).
+    api_url: str = "https://slack.com/api/"
+    allowed_channels: list[str] = Field(default_factory=list)
+    allowed_users: list[str] = Field(default_factory=list)
+    #: Which `[apis.*]` policy Slack Web API calls go through.
+    api: str = "slack"
+
+
+class ServerConfig(_Section):
+    """`[server]`: the HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Bearer token for the API and admin endpoints (empty = open). Prefer the env variable.
+    api_token: SecretStr = SecretStr("")
+    max_text_bytes: int = Field(default=32 * 1024, ge=1)
+    #: Conversations answered at once; more are queued up to `max_queued` then refused (503).
+    max_active_conversations: int = Field(default=64, ge=1)
+    max_queued: int = Field(default=1000, ge=0)
+
+
+class StoreConfig(_Section):
+    """`[store]`: where conversations, the inbox and history live."""
+
+    url: str = "sqlite:///var/livia.db"
+
+
+class CoordinationConfig(_Section):
+    """`[coordination]`: where limits are kept (one process, or shared through Redis)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix in Redis, so several deployments can share one server.
+    prefix: str = "livia"
+
+
+class Settings(BaseSettings):
+    """All of Livia's configuration, validated at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIVIA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    apis: dict[str, ApiConfig] = Field(default_factory=dict)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def policies(self) -> dict[str, ApiPolicy]:
+        """The upstream policies: the reference defaults with `[apis.*]` applied on top."""
+        out = dict(DEFAULT_POLICIES)
+        for name, cfg in self.apis.items():
+            out[name] = cfg.apply(out.get(name, ApiPolicy()))
+        return out
+
+    # Secrets: environment only.
+    @property
+    def openai_api_key(self) -> str:
+        return os.environ.get("OPENAI_API_KEY", "")
+
+    @property
+    def slack_bot_token(self) -> str:
+        return os.environ.get("SLACK_BOT_TOKEN", "")
+
+    @property
+    def slack_app_token(self) -> str:
+        return os.environ.get("SLACK_APP_TOKEN", "")
+
+    @property
+    def slack_signing_secret(self) -> str:
+        return os.environ.get("SLACK_SIGNING_SECRET", "")
+
+    @property
+    def demo_mode(self) -> bool:
+        """No key and no endpoint: Livia runs on its built-in simulated model."""
+        return not self.openai_api_key and not self.llm.base_url
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str) -> str:
+    """Replace `${NAME}` with the environment variable NAME (empty when unset)."""
+    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from `path` (or `$LIVIA_CONFIG`), the environment and `overrides`.
+
+    Raises `ConfigError` with the offending key named when anything is invalid.
+    """
+    path = path or os.environ.get("LIVIA_CONFIG") or None
+    toml_file: Path | None = None
+    if path:
+        toml_file = Path(path)
+        if not toml_file.is_file():
+            raise ConfigError(f"config file not found: {toml_file}")
+        try:
+            tomllib.loads(toml_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml_file}: not valid TOML: {exc}") from None
+    cls: type[Settings] = type(
+        "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml_file}}
+    )
+    try:
+        settings = cls(**overrides)
+        for name, cfg in settings.apis.items():
+            cfg.apply(DEFAULT_POLICIES.get(name, ApiPolicy()))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    known = set(settings.policies())
+    used = [("llm.api", settings.llm.api), ("slack.api", settings.slack.api)] + [
+        (f"mcp.servers[{s.name}].api", s.api) for s in settings.mcp.servers
+    ]
+    for key, api in used:
+        if api not in known:
+            raise ConfigError(f"{key}: no [apis.{api}] policy; known: {', '.join(sorted(known))}")
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{key}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
