@@ -1,0 +1,92 @@
+"""One turn: ask the responder, stream its events to the listeners, always end with a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from livia.agent.events import TextDelta, TurnDone, TurnEvent
+from livia.concurrency.errors import CapacityExhausted
+from livia.conversations.types import ChatMessage, EventSink, IncomingMessage, Reply, Responder
+
+log = logging.getLogger(__name__)
+
+#: Seconds a listener may take to take one event before it is dropped (a stalled client).
+SINK_TIMEOUT = 5.0
+
+
+class Listeners:
+    """The event sinks of one turn; a sink that fails or stalls is dropped, the turn goes on."""
+
+    def __init__(self, msg: IncomingMessage, timeout: float = SINK_TIMEOUT) -> None:
+        self._msg = msg
+        self._timeout = timeout
+        self._sinks: list[EventSink] = []
+
+    def add(self, sink: EventSink) -> None:
+        """Send this turn's next events to `sink` too."""
+        self._sinks.append(sink)
+
+    async def emit(self, event: TurnEvent) -> None:
+        """Hand `event` to every sink, in order, each within the timeout."""
+        for sink in list(self._sinks):
+            try:
+                await asyncio.wait_for(sink(event), self._timeout)
+            except Exception as exc:  # a listener's failure is never the turn's failure
+                log.warning(
+                    "dropping event listener conversation_id=%s message_id=%s: %s",
+                    self._msg.conversation_id,
+                    self._msg.message_id,
+                    type(exc).__name__,
+                )
+                self._sinks.remove(sink)
+
+
+async def run_turn(
+    responder: Responder,
+    history: Sequence[ChatMessage],
+    msg: IncomingMessage,
+    listeners: Listeners,
+    *,
+    timeout: float,
+) -> Reply:
+    """Answer `msg`; never raises except on cancellation: a failure becomes an apology.
+
+    Every event goes to `listeners` as it happens, and the last is always a `TurnDone`
+    (the responder's, or one this adds). The reply text is the `TurnDone` text, or the
+    concatenated deltas when the responder ends without one.
+    """
+    parts: list[str] = []
+    done: TurnDone | None = None  # the responder's own
+    try:
+        async with asyncio.timeout(timeout):
+            async for event in responder.respond(history, msg.text, key=msg.user_id):
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, TurnDone):
+                    done = event
+                await listeners.emit(event)
+    except TimeoutError:
+        done = await _close(listeners, _apology("timeout", f"it took over {timeout:.0f} s"))
+    except CapacityExhausted as exc:
+        done = await _close(listeners, _apology("capacity_exhausted", str(exc)))
+    except Exception as exc:
+        log.exception(
+            "turn failed conversation_id=%s message_id=%s", msg.conversation_id, msg.message_id
+        )
+        why = f"an internal error ({type(exc).__name__})"
+        done = await _close(listeners, _apology("internal_error", why))
+    if done is None:
+        done = await _close(listeners, TurnDone(text="".join(parts)))
+    return Reply(msg.conversation_id, msg.message_id, done.text, error=done.error)
+
+
+async def _close(listeners: Listeners, done: TurnDone) -> TurnDone:
+    """Emit the closing event the responder did not send."""
+    await listeners.emit(done)
+    return done
+
+
+def _apology(kind: str, why: str) -> TurnDone:
+    return TurnDone(f"Sorry, I could not answer this message: {why}. Please try again.", kind)

@@ -1,0 +1,275 @@
+"""The dispatcher: FIFO per conversation, parallel across, bounded, idempotent, durable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from livia.agent.events import TextDelta, TurnDone, TurnEvent
+from livia.conversations import (
+    Busy,
+    ChatMessage,
+    Conversations,
+    IncomingMessage,
+    MessageIdConflict,
+    NotRunning,
+    Reply,
+    UnknownConversation,
+)
+from livia.store import Store
+from tests.conftest import EchoResponder
+
+
+def _msg(cid: str, mid: str, text: str | None = None, user: str = "u1") -> IncomingMessage:
+    return IncomingMessage(cid, user, text or f"{cid}/{mid}", mid)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(f"sqlite:///{tmp_path}/livia.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def _started(responder: EchoResponder, store: Store, **kw: int) -> Conversations:
+    conv = Conversations(responder, store, **kw)
+    await conv.start()
+    return conv
+
+
+async def test_fifo_per_conversation_parallel_across(store: Store) -> None:
+    responder = EchoResponder(delay=0.2)
+    conv = await _started(responder, store, max_active=8)
+    msgs = [_msg(f"c{c}", f"m{i}") for i in range(3) for c in range(4)]
+    t0 = time.monotonic()
+    replies = await asyncio.gather(*(conv.submit(m) for m in msgs))
+    makespan = time.monotonic() - t0
+    assert [r.text for r in replies] == [f"echo: {m.text}" for m in msgs]
+    for c in range(4):
+        seen = [t for t in responder.texts() if t.startswith(f"c{c}/")]
+        assert seen == [f"c{c}/m0", f"c{c}/m1", f"c{c}/m2"]
+    assert responder.peak == 4  # one per conversation, all four at once
+    assert makespan < 3 * 0.2 * 1.5  # three serial rounds, not twelve
+    await conv.aclose()
+
+
+async def test_history_passed_to_the_responder(store: Store) -> None:
+    responder = EchoResponder()
+    conv = await _started(responder, store)
+    await conv.submit(_msg("c", "1", "hello", user="alice"))
+    await conv.submit(_msg("c", "2", "again", user="alice"))
+    key, text, history = responder.calls[1]
+    assert (key, text) == ("alice", "again")
+    assert history == [ChatMessage("user", "hello"), ChatMessage("assistant", "echo: hello")]
+    assert await conv.history("c") == [
+        *history,
+        ChatMessage("user", "again"),
+        ChatMessage("assistant", "echo: again"),
+    ]
+    with pytest.raises(UnknownConversation):
+        await conv.history("nope")
+    await conv.aclose()
+
+
+async def test_bounded_active_conversations(store: Store) -> None:
+    responder = EchoResponder(delay=0.05)
+    conv = await _started(responder, store, max_active=2)
+    await asyncio.gather(*(conv.submit(_msg(f"c{i}", "m")) for i in range(6)))
+    assert responder.peak == 2
+    assert conv.stats()["answered"] == 6
+    await conv.aclose()
+
+
+async def test_round_robin_across_waiting_conversations(store: Store) -> None:
+    responder = EchoResponder(delay=0.02)
+    conv = await _started(responder, store, max_active=1)
+    long = [asyncio.create_task(conv.submit(_msg("a", f"{i}"))) for i in range(3)]
+    await asyncio.sleep(0.005)
+    short = asyncio.create_task(conv.submit(_msg("b", "0")))
+    await asyncio.gather(*long, short)
+    assert responder.texts() == ["a/0", "b/0", "a/1", "a/2"]
+    await conv.aclose()
+
+
+async def test_busy_beyond_max_queued(store: Store) -> None:
+    gate = asyncio.Event()
+    responder = EchoResponder(gate=gate)
+    conv = await _started(responder, store, max_active=1, max_queued=2)
+    tickets = [await conv.accept(_msg("c", f"{i}")) for i in range(3)]  # 1 running, 2 queued
+    with pytest.raises(Busy) as err:
+        await conv.accept(_msg("c", "3"))
+    assert err.value.retry_after >= 1
+    assert conv.stats()["rejected"] == 1 and conv.stats()["queued"] == 2
+    # a repeat of an accepted message is not refused
+    assert (await conv.accept(_msg("c", "1"))).duplicate
+    gate.set()
+    replies = [await t.wait() for t in tickets]
+    assert [r.text for r in replies] == ["echo: c/0", "echo: c/1", "echo: c/2"]
+    await conv.aclose()
+
+
+async def test_repeat_after_answer_returns_the_stored_reply(store: Store) -> None:
+    responder = EchoResponder()
+    conv = await _started(responder, store)
+    first = await conv.submit(_msg("c", "m1", "hi"))
+    again = await conv.submit(_msg("c", "m1", "hi"))
+    assert again == Reply("c", "m1", first.text, duplicate=True)
+    assert len(responder.calls) == 1
+    with pytest.raises(MessageIdConflict):
+        await conv.submit(_msg("c", "m1", "something else"))
+    assert conv.stats()["duplicates"] == 1
+    await conv.aclose()
+
+
+async def test_repeat_in_progress_waits_for_the_same_answer(store: Store) -> None:
+    gate = asyncio.Event()
+    responder = EchoResponder(gate=gate)
+    conv = await _started(responder, store)
+    tasks = [asyncio.create_task(conv.submit(_msg("c", "m1", "hi"))) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    replies = await asyncio.gather(*tasks)
+    assert len(responder.calls) == 1
+    assert {r.text for r in replies} == {"echo: hi"}
+    assert sorted(r.duplicate for r in replies) == [False, True, True, True, True]
+    await conv.aclose()
+
+
+async def test_events_stream_to_the_listener(store: Store) -> None:
+    conv = await _started(EchoResponder(), store)
+    events: list[TurnEvent] = []
+
+    async def sink(event: TurnEvent) -> None:
+        events.append(event)
+
+    await conv.submit(_msg("c", "m", "yo"), on_event=sink)
+    assert events == [TextDelta("echo: "), TextDelta("yo"), TurnDone("echo: yo")]
+    await conv.aclose()
+
+
+async def test_a_broken_listener_does_not_break_the_turn(store: Store) -> None:
+    conv = await _started(EchoResponder(), store)
+
+    async def sink(event: TurnEvent) -> None:
+        raise ConnectionError("client went away")
+
+    reply = await conv.submit(_msg("c", "m", "yo"), on_event=sink)
+    assert reply.text == "echo: yo" and reply.error is None
+    await conv.aclose()
+
+
+async def test_responder_failure_becomes_an_apology(store: Store) -> None:
+    responder = EchoResponder(fail_on=frozenset({"boom"}))
+    conv = await _started(responder, store)
+    events: list[TurnEvent] = []
+
+    async def sink(event: TurnEvent) -> None:
+        events.append(event)
+
+    reply = await conv.submit(_msg("c", "m", "boom"), on_event=sink)
+    assert reply.error == "internal_error" and "Sorry" in reply.text
+    assert "Traceback" not in reply.text and "the responder broke" not in reply.text
+    assert isinstance(events[-1], TurnDone) and events[-1].error == "internal_error"
+    stats = conv.stats()
+    assert (stats["failed"], stats["answered"]) == (1, 0)
+    # the conversation goes on
+    assert (await conv.submit(_msg("c", "m2", "fine"))).text == "echo: fine"
+    await conv.aclose()
+
+
+async def test_turn_timeout_is_an_apology(store: Store) -> None:
+    conv = Conversations(EchoResponder(delay=5), store, turn_timeout=0.1)
+    await conv.start()
+    reply = await conv.submit(_msg("c", "m"))
+    assert reply.error == "timeout"
+    await conv.aclose()
+
+
+class _Recorder:
+    """A channel's ReplyDelivery that records what it was asked to deliver."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[IncomingMessage, Reply]] = []
+
+    async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
+        self.delivered.append((message, reply))
+
+
+async def test_accepted_messages_survive_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/livia.db"
+    gate = asyncio.Event()  # never opened: the first run dies before answering
+    async with Store(url) as store:
+        conv = await _started(EchoResponder(gate=gate), store)
+        msgs = [
+            IncomingMessage("t1", "u", text, mid, channel="slack", meta={"thread_ts": "9.9"})
+            for mid, text in (("e1", "first"), ("e2", "second"))
+        ]
+        tickets = [await conv.accept(m) for m in msgs]
+        await conv.aclose()
+        with pytest.raises(NotRunning):
+            await tickets[0].wait()
+        with pytest.raises(NotRunning):
+            await conv.accept(_msg("t1", "e3"))
+
+    async with Store(url) as store:
+        responder = EchoResponder()
+        conv = Conversations(responder, store)
+        recorder = _Recorder()
+        conv.register_delivery("slack", recorder)
+        await conv.start()
+        for _ in range(100):
+            if len(recorder.delivered) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert responder.texts() == ["first", "second"]
+        assert [(m.message_id, m.meta, r.text) for m, r in recorder.delivered] == [
+            ("e1", {"thread_ts": "9.9"}, "echo: first"),
+            ("e2", {"thread_ts": "9.9"}, "echo: second"),
+        ]
+        assert (await conv.history("t1"))[-1] == ChatMessage("assistant", "echo: second")
+        assert conv.stats()["recovered"] == 2
+        # the recovered message is a duplicate now: no second model call
+        again = await conv.submit(msgs[0])
+        assert again.duplicate and len(responder.calls) == 2
+        await conv.aclose()
+
+
+async def test_abandoned_wait_is_delivered_instead(store: Store) -> None:
+    gate = asyncio.Event()
+    conv = await _started(EchoResponder(gate=gate), store)
+    recorder = _Recorder()
+    conv.register_delivery("http", recorder)
+    ticket = await conv.accept(_msg("c", "m", "hi"))
+    with pytest.raises(TimeoutError):
+        await ticket.wait(timeout=0.01)
+    gate.set()
+    for _ in range(100):
+        if recorder.delivered:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.text for _, r in recorder.delivered] == ["echo: hi"]
+    await conv.aclose()
+
+
+async def test_stats_shape(store: Store) -> None:
+    conv = await _started(EchoResponder(), store, max_active=3, max_queued=7)
+    await conv.submit(_msg("a", "1"))
+    await conv.submit(_msg("b", "1"))
+    await conv.submit(_msg("b", "2"))
+    stats = conv.stats()
+    assert stats["running"] is True
+    assert (stats["active"], stats["queued"], stats["max_active"], stats["max_queued"]) == (
+        0,
+        0,
+        3,
+        7,
+    )
+    assert (stats["accepted"], stats["answered"], stats["conversations"]) == (3, 3, 2)
+    assert stats["average_turn_seconds"] >= 0
+    await conv.aclose()
+    assert conv.stats()["running"] is False
