@@ -1,0 +1,479 @@
+"""`SlackChannel`: the Bolt app, its two transports (Socket Mode, HTTP events) and the
+path from a Slack event to a streamed reply in the thread.
+
+Listeners are thin: Bolt acknowledges at once (`process_before_response=False`, so the
+3-second window is always met), the listener hands the event body to `handle_event`,
+which runs in a task the channel tracks. The decisions live in `handling`, the
+rendering in `streaming`, and every Web API call goes through the concurrency manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request, Response
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
+
+from livia.channels.slack.api import ApiRunner, SlackApi, error_code, new_web_client
+from livia.channels.slack.handling import (
+    SlackMessage,
+    Target,
+    ignore_reason,
+    parse_event,
+    prior_history,
+    to_incoming,
+)
+from livia.channels.slack.memory import InMemorySlackMemory, SlackMemory, StoreSlackMemory
+from livia.channels.slack.socket import SocketModeHandler
+from livia.channels.slack.streaming import Capabilities, ReplyStream, post_reply
+from livia.config import Settings
+from livia.conversations import ConversationError, Conversations, IncomingMessage, Reply, Ticket
+
+if TYPE_CHECKING:
+    from livia.store import Store
+
+__all__ = ["SlackChannel", "SlackDelivery", "SlackIdentity", "SlackSetupError"]
+
+log = logging.getLogger(__name__)
+
+
+class SlackSetupError(RuntimeError):
+    """Slack cannot start: a token is missing or refused. The message says which and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlackIdentity:
+    """Who Livia is in this workspace, from `auth.test`."""
+
+    team_id: str
+    user_id: str
+    bot_id: str
+    enterprise_id: str | None = None
+    team: str = ""
+
+
+class SlackDelivery:
+    """`ReplyDelivery` for Slack: posts a reply whose requester is gone (after a restart)."""
+
+    def __init__(self, api: SlackApi) -> None:
+        self._api = api
+
+    async def deliver(self, message: IncomingMessage, reply: Reply) -> None:
+        meta = message.meta
+        target = Target(
+            team=str(meta.get("team", "")),
+            channel=str(meta["channel"]),
+            thread_ts=str(meta.get("thread_ts") or meta["ts"]),
+            user=str(meta.get("user") or message.user_id),
+        )
+        await post_reply(self._api, target, reply.text)
+        log.info(
+            "slack delivered late reply: channel=%s thread=%s", target.channel, target.thread_ts
+        )
+
+
+class _QuietTokenWarnings(logging.Filter):
+    """Drops Bolt's notes that its own token is unused: Livia passes tokens on purpose
+    through `authorize` (Bolt reads SLACK_BOT_TOKEN from the environment regardless)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "token` will be unused" not in record.getMessage()
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("livia.channels.slack.bolt")
+    if not any(isinstance(f, _QuietTokenWarnings) for f in logger.filters):
+        logger.addFilter(_QuietTokenWarnings())
+    return logger
+
+
+class _KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str, timeout: float) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with asyncio.timeout(timeout):
+                await lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class SlackChannel:
+    """Livia in Slack: answers mentions, DMs and follow-ups in threads she is part of.
+
+    `router` serves `POST /slack/events` (HTTP mode; mount it when `[slack] mode` is
+    "http"); `start()` learns the bot's identity (`auth.test`) and, in Socket Mode,
+    connects; `aclose()` disconnects and waits (bounded) for replies under way.
+    `handle_event(body)` is the whole path for one Events API body, usable without Bolt.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        conversations: Conversations,
+        manager: ApiRunner,
+        *,
+        store: Store | None = None,
+        memory: SlackMemory | None = None,
+        min_update_interval: float = 1.0,
+        turn_timeout: float = 900.0,
+        connect_timeout: float = 30.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.slack
+        self.mode = settings.slack.mode
+        self._conversations = conversations
+        self._bot_token = settings.slack_bot_token
+        self._app_token = settings.slack_app_token
+        self._signing_secret = settings.slack_signing_secret
+        if memory is None:
+            memory = StoreSlackMemory(store) if store is not None else InMemorySlackMemory()
+        self._memory: SlackMemory = memory
+        self._min_update_interval = min_update_interval
+        self._turn_timeout = turn_timeout
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._history_tokens = settings.llm.history_tokens
+        self._allowed_channels = frozenset(settings.slack.allowed_channels)
+        self._allowed_users = frozenset(settings.slack.allowed_users)
+
+        self.api = SlackApi(
+            new_web_client(self._bot_token, settings.slack.api_url), manager, api=settings.slack.api
+        )
+        self.capabilities = Capabilities()
+        self.delivery = SlackDelivery(self.api)
+        self._identity: SlackIdentity | None = None
+        self._identity_lock = asyncio.Lock()
+        self._in_order = _KeyedLocks()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._socket: SocketModeHandler | None = None
+        self._closed = False
+
+        self.app = self._build_bolt_app()
+        self._http_handler = AsyncSlackRequestHandler(self.app)
+        self.router = APIRouter()
+        self.router.add_api_route(
+            "/slack/events", self._http_events, methods=["POST"], include_in_schema=False
+        )
+        conversations.register_delivery("slack", self.delivery)
+
+    # -- Bolt ---------------------------------------------------------------------------
+
+    def _build_bolt_app(self) -> AsyncApp:
+        channel = self
+
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            me = await channel.whoami()
+            return AuthorizeResult(
+                enterprise_id=me.enterprise_id or enterprise_id,
+                team_id=me.team_id or team_id,
+                bot_user_id=me.user_id,
+                bot_id=me.bot_id,
+                bot_token=channel._bot_token,
+            )
+
+        async def on_message(body: dict[str, Any], request: AsyncBoltRequest) -> None:
+            retry = request.headers.get("x-slack-retry-num", [""])[0] or body.get("retry_attempt")
+            if retry:
+                log.info("slack retry received: event=%s retry=%s", body.get("event_id"), retry)
+            channel.accept(body)
+
+        async def on_other(body: dict[str, Any]) -> None:
+            log.debug("slack event ignored: type=%s", (body.get("event") or {}).get("type"))
+
+        app = AsyncApp(
+            name="livia",
+            logger=_bolt_logger(),
+            # Bolt's client only serves its per-request context; Livia calls through `api`.
+            client=new_web_client("", self.config.api_url),
+            signing_secret=self._signing_secret,
+            authorize=authorize,
+            process_before_response=False,
+        )
+        app.event("app_mention")(on_message)
+        app.event("message")(on_message)
+        app.event(re.compile(r".*"))(on_other)  # ack everything else quietly (no 404s)
+        return app
+
+    async def _http_events(self, request: Request) -> Response:
+        """`POST /slack/events`: Bolt checks signature and timestamp (401 otherwise)."""
+        return await self._http_handler.handle(request)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def whoami(self) -> SlackIdentity:
+        """The bot's identity, from one `auth.test` (cached)."""
+        if self._identity is not None:
+            return self._identity
+        async with self._identity_lock:
+            if self._identity is None:
+                if not self._bot_token:
+                    raise SlackSetupError(
+                        "SLACK_BOT_TOKEN is not set: copy the Bot User OAuth Token (xoxb-…)"
+                    )
+                try:
+                    resp = await self.api.call("auth.test")
+                except SlackApiError as exc:
+                    raise SlackSetupError(
+                        f"Slack refused the bot token ({error_code(exc) or exc}): "
+                        "check SLACK_BOT_TOKEN"
+                    ) from None
+                self._identity = SlackIdentity(
+                    team_id=str(resp.get("team_id") or ""),
+                    user_id=str(resp.get("user_id") or ""),
+                    bot_id=str(resp.get("bot_id") or ""),
+                    enterprise_id=resp.get("enterprise_id") or None,
+                    team=str(resp.get("team") or ""),
+                )
+            return self._identity
+
+    async def start(self) -> None:
+        """Check the tokens, learn who Livia is, and connect (Socket Mode)."""
+        if self.mode == "off":
+            return
+        if self.mode == "http" and not self._signing_secret:
+            raise SlackSetupError(
+                "SLACK_SIGNING_SECRET is not set: HTTP mode needs it "
+                "(Basic Information → App Credentials → Signing Secret)"
+            )
+        if self.mode == "socket" and not self._app_token:
+            raise SlackSetupError(
+                "SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-…) "
+                "with connections:write"
+            )
+        await self.api.open()
+        me = await self.whoami()
+        if self.mode == "socket":
+            self._socket = SocketModeHandler(self.app, self.api, self._app_token)
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._socket.connect_async()
+            except (TimeoutError, SlackApiError) as exc:
+                with contextlib.suppress(Exception):
+                    await self._socket.close_async()
+                self._socket = None
+                raise SlackSetupError(
+                    "could not connect to Slack Socket Mode "
+                    f"({error_code(exc) or type(exc).__name__}): "
+                    "check SLACK_APP_TOKEN and that Socket Mode is enabled for the app"
+                ) from None
+        log.info("slack ready: mode=%s team=%s bot_user=%s", self.mode, me.team_id, me.user_id)
+
+    @property
+    def in_hand(self) -> int:
+        """Events being handled now (accepted from Slack, reply not yet written)."""
+        return len(self._tasks)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no event is in hand; False when `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._tasks:
+                    await asyncio.wait(set(self._tasks))
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Disconnect, let replies under way finish (up to `close_timeout`), then cancel."""
+        self._closed = True
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._close_timeout):
+                    await self._socket.close_async()
+            self._socket = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._close_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=self._close_timeout)
+        await self.api.close()
+
+    # -- events -------------------------------------------------------------------------
+
+    def accept(self, body: Mapping[str, Any]) -> asyncio.Task[Reply | None] | None:
+        """Start handling an Events API body in a tracked task (returns at once)."""
+        if self._closed:
+            log.warning("slack event dropped while closing: event=%s", body.get("event_id"))
+            return None
+        return self._spawn(self.handle_event(body), name=f"slack-event-{body.get('event_id', '')}")
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Reply | None], name: str
+    ) -> asyncio.Task[Reply | None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def handle_event(self, body: Mapping[str, Any]) -> Reply | None:
+        """Answer one event if it is addressed to Livia; None when ignored or a duplicate."""
+        msg = parse_event(body)
+        if msg is None:
+            return None
+        try:
+            return await self._handle(msg)
+        except Exception:
+            log.exception(
+                "slack event failed: event=%s channel=%s thread=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+            )
+            return None
+
+    async def _handle(self, msg: SlackMessage) -> Reply | None:
+        me = await self.whoami()
+        if msg.event_id and not await self._memory.first_sighting(f"event:{msg.event_id}"):
+            log.info("slack duplicate event ignored: event=%s", msg.event_id)
+            return None
+        known = msg.in_thread and await self._memory.knows_thread(msg.conversation_id)
+        reason = ignore_reason(
+            msg,
+            bot_user_id=me.user_id,
+            thread_known=known,
+            allowed_channels=self._allowed_channels,
+            allowed_users=self._allowed_users,
+        )
+        if reason is not None:
+            log.debug(
+                "slack event ignored: event=%s channel=%s thread=%s reason=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+                reason,
+            )
+            return None
+        if not await self._memory.first_sighting(f"msg:{msg.team}:{msg.message_id}"):
+            # The same message as an `app_mention` and a `message` event, or a retry.
+            log.info(
+                "slack duplicate message ignored: event=%s message=%s", msg.event_id, msg.message_id
+            )
+            return None
+        log.info(
+            "slack message accepted: event=%s channel=%s thread=%s user=%s",
+            msg.event_id,
+            msg.channel,
+            msg.thread_root,
+            msg.user,
+        )
+        await self._memory.remember_thread(msg.conversation_id)
+        stream = ReplyStream(
+            self.api, msg.target, self.capabilities, min_interval=self._min_update_interval
+        )
+        try:
+            # Messages of one thread are accepted in the order they arrived.
+            async with self._in_order.hold(msg.conversation_id, timeout=self._turn_timeout):
+                await stream.begin()
+                history = await self._thread_history(msg, me) if msg.in_thread and not known else []
+                incoming = to_incoming(msg, bot_user_id=me.user_id, history=history)
+                ticket: Ticket = await self._conversations.accept(
+                    incoming, on_event=stream.on_event
+                )
+        except (ConversationError, TimeoutError) as exc:
+            log.warning(
+                "slack message refused: event=%s channel=%s thread=%s error=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+                exc,
+            )
+            await stream.finish(_apology(exc), error=type(exc).__name__)
+            return None
+        if ticket.duplicate:
+            log.info("slack reply already given: event=%s message=%s", msg.event_id, msg.message_id)
+            await stream.abandon()
+            return None
+        try:
+            reply = await ticket.wait(timeout=self._turn_timeout)
+        except TimeoutError:
+            # The turn goes on; the conversations layer hands its reply to `SlackDelivery`.
+            log.warning(
+                "slack reply late: event=%s channel=%s thread=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+            )
+            await stream.finish(LATE, error="late")
+            return None
+        await stream.finish(reply.text, reply.error)
+        return reply
+
+    async def _thread_history(self, msg: SlackMessage, me: SlackIdentity) -> list[dict[str, str]]:
+        """The thread so far, read once (a thread Livia has not seen), capped to a budget."""
+        try:
+            resp = await self.api.call(
+                "conversations.replies",
+                key=msg.user,
+                deadline=5.0,
+                channel=msg.channel,
+                ts=msg.thread_root,
+                limit=50,
+            )
+        except Exception as exc:
+            log.warning(
+                "slack thread history unavailable: channel=%s thread=%s error=%s",
+                msg.channel,
+                msg.thread_root,
+                error_code(exc) or type(exc).__name__,
+            )
+            return []
+        messages = resp.get("messages") or []
+        return prior_history(
+            messages,
+            bot_user_id=me.user_id,
+            bot_id=me.bot_id,
+            before_ts=msg.ts,
+            budget_tokens=self._history_tokens,
+        )
+
+
+#: Shown when the reply takes longer than the channel waits; the reply is posted when ready.
+LATE = "This is taking longer than usual. I'll post the answer in this thread when it's ready."
+
+
+def _apology(exc: BaseException) -> str:
+    """What the user reads when the message could not be taken on."""
+    if isinstance(exc, ConversationError):
+        return f"Sorry, I can't take this message right now: {exc}."
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float) and retry_after > 0:
+        return (
+            "Sorry, I'm out of capacity right now and couldn't answer. "
+            f"Please try again in about {max(1, round(retry_after))} s."
+        )
+    if isinstance(exc, TimeoutError):
+        return (
+            "Sorry, that took too long and I gave up. "
+            "Please try again, perhaps with a simpler request."
+        )
+    return (
+        "Sorry, something went wrong on my side and I couldn't answer. "
+        "Please try again in a minute."
+    )
