@@ -1,0 +1,200 @@
+"""Honest words for failures: what the user (or the model) is told when an upstream fails.
+
+Every message says what happened and, when known, when to try again; none carries a stack
+trace, an internal URL or a secret.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import openai
+
+from livia.concurrency import CapacityExhausted, CircuitOpen
+
+
+class StreamInterrupted(Exception):
+    """The model's stream broke after part of the reply had reached the user.
+
+    Not retried: a second attempt would repeat text the user has already seen.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFailure:
+    """A failed model call, as the user hears it (`apology`) and as a short code (`code`)."""
+
+    apology: str
+    code: str
+    retry_after: float | None = None
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (task groups wrap transport errors), else `exc`."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, secret-free description of an exception for logs and tool results."""
+    leaf = root_cause(exc)
+    text = str(leaf).strip().splitlines()[0] if str(leaf).strip() else ""
+    name = type(leaf).__name__
+    return f"{name}: {text[:200]}" if text else name
+
+
+def format_wait(seconds: float) -> str:
+    """`40 s`, `12 min`, `2 h`: a wait as a person would say it."""
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+
+
+def format_clock(moment: datetime, *, now: datetime | None = None) -> str:
+    """`14:32 UTC`, with the date too when it is not today (UTC)."""
+    moment = moment.astimezone(UTC)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    if moment.date() == today:
+        return f"{moment:%H:%M} UTC"
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def available_at(exc: CapacityExhausted) -> datetime:
+    """When the exhausted upstream has capacity again."""
+    when = getattr(exc, "available_at", None)
+    if isinstance(when, datetime):
+        return when
+    return datetime.now(UTC) + timedelta(seconds=exc.retry_after)
+
+
+def retry_after_from(exc: BaseException) -> float | None:
+    """Seconds an upstream asked us to wait, from its error response headers, if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(ms) / 1000)
+        if (value := headers.get("retry-after")) is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(value)
+                return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+            if (value := headers.get(name)) is not None:
+                return _parse_duration(value)
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _parse_duration(value: str) -> float | None:
+    """Parse OpenAI's `6m0s` / `1.5s` / `250ms` reset durations."""
+    parts = _DURATION_PART.findall(value)
+    if not parts:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def model_failure(exc: BaseException) -> ModelFailure:
+    """What to tell the user when the model upstream failed (after the manager's retries)."""
+    exc = root_cause(exc)
+    if isinstance(exc, CircuitOpen):
+        when = format_clock(available_at(exc))
+        return ModelFailure(
+            f"Sorry — the model service has been failing, so I'm pausing calls to it until "
+            f"{when} (~{format_wait(exc.retry_after)}). Please try again then.",
+            "model_unavailable",
+            exc.retry_after,
+        )
+    if isinstance(exc, CapacityExhausted):
+        when = format_clock(available_at(exc))
+        in_about = format_wait(exc.retry_after)
+        cause = exc.__cause__
+        if isinstance(cause, openai.RateLimitError) or "429" in exc.reason:
+            what = "the model is rate-limited"
+        elif cause is not None or "failing" in exc.reason:
+            what = "the model service is failing right now"
+        else:
+            what = "the model is at its usage limit right now"
+        return ModelFailure(
+            f"Sorry — {what}; try again in ~{in_about} (at {when}).",
+            "model_rate_limited" if "rate-limited" in what else "model_capacity",
+            exc.retry_after,
+        )
+    if isinstance(exc, StreamInterrupted):
+        return ModelFailure(
+            "Sorry — my answer was cut off because the connection to the model broke. "
+            "Please ask again.",
+            "model_interrupted",
+        )
+    if isinstance(exc, openai.RateLimitError):
+        wait = retry_after_from(exc)
+        hint = f"try again in ~{format_wait(wait)}" if wait else "try again in a minute"
+        return ModelFailure(
+            f"Sorry — the model is rate-limited; {hint}.", "model_rate_limited", wait
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ModelFailure(
+            "Sorry — the model service refused Livia's credentials; an operator needs to "
+            "check the API key.",
+            "model_auth",
+        )
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500:
+            return ModelFailure(
+                f"Sorry — the model service is having trouble (HTTP {exc.status_code}); "
+                "please try again in a minute.",
+                "model_unavailable",
+                retry_after_from(exc),
+            )
+        return ModelFailure(
+            f"Sorry — the model service rejected the request (HTTP {exc.status_code}). "
+            "Try rephrasing, or start a new conversation if this one is very long.",
+            "model_rejected",
+        )
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return ModelFailure(
+            "Sorry — the model took too long to answer; please try again.", "model_timeout"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelFailure(
+            "Sorry — I couldn't reach the model service; please try again shortly.",
+            "model_unreachable",
+        )
+    if isinstance(exc, openai.APIError):
+        return ModelFailure(
+            "Sorry — the model service reported an error while answering; please try again.",
+            "model_error",
+        )
+    return ModelFailure(
+        "Sorry — something went wrong on my side while answering; please try again.",
+        "internal",
+    )
+
+
+def tool_out_of_capacity(tool: str, exc: CapacityExhausted) -> str:
+    """The tool result the model sees when the tool's upstream has no capacity."""
+    when = format_clock(available_at(exc))
+    wait = format_wait(exc.retry_after)
+    if isinstance(exc, CircuitOpen):
+        why = f"the {tool} tool is paused after repeated failures until {when} (in ~{wait})"
+    else:
+        why = f"the {tool} tool is out of quota until {when} (in ~{wait})"
+    return (
+        f"ERROR: {why}. It was not run. Tell the user it is unavailable until {when} "
+        "and offer to help another way."
+    )

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible model: one streamed Chat Completions call, governed by the manager.
+
+Streaming versus retries
+------------------------
+The manager owns retries and calls the operation afresh for each attempt; the concurrency
+slot is held for the whole stream because the stream is consumed *inside* the operation.
+Text deltas are forwarded to the caller live (so users see the reply as it is written), and
+that is made retry-safe like this:
+
+* a failure *before the first text delta* is an ordinary failed attempt: the manager may
+  retry it (429, 5xx, connection errors, ...), and nothing was shown to anyone;
+* a failure *after a text delta was forwarded* is re-raised as `StreamInterrupted`, which
+  the manager does not retry; the turn ends with an apology instead of repeating text;
+* as a belt-and-braces guard, an operation called again after text was forwarded raises
+  `StreamInterrupted` at once without calling the model, whatever the manager decided.
+
+Tool-call deltas are only accumulated, never forwarded, so a retried attempt that produces
+tool calls cannot duplicate anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httpx2
+import openai
+from openai import AsyncOpenAI, omit
+from openai.types import CompletionUsage
+
+from livia.agent.failures import StreamInterrupted
+from livia.agent.prompts import estimate_tokens
+from livia.concurrency import ConcurrencyManager
+from livia.config import LlmConfig, Settings
+
+log = logging.getLogger(__name__)
+
+#: The key sent to a local OpenAI-compatible server (the simulator) when none is configured.
+PLACEHOLDER_API_KEY = "livia-local-no-key"
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A function call the model asked for (`name` is the OpenAI function name)."""
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class ModelReply:
+    """One model step: its text, the tool calls it asked for, and the usage it reported.
+
+    `usage` is read by the concurrency manager to settle the call's token cost.
+    """
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: CompletionUsage | None = None
+    finish_reason: str | None = None
+
+
+def make_openai_client(settings: Settings) -> AsyncOpenAI:
+    """An `AsyncOpenAI` for `[llm]`: its `base_url`, SDK retries off, the request timeout.
+
+    Without `OPENAI_API_KEY` a placeholder key is used, which is what a local
+    OpenAI-compatible server (the simulator, a self-hosted model) expects.
+    """
+    llm = settings.llm
+    return AsyncOpenAI(
+        api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
+        base_url=llm.base_url or None,
+        max_retries=0,  # the concurrency manager owns retries
+        timeout=httpx2.Timeout(llm.timeout, connect=min(10.0, llm.timeout)),
+    )
+
+
+class ModelClient:
+    """Streams Chat Completions through the concurrency manager on the `[llm] api` upstream."""
+
+    def __init__(self, config: LlmConfig, manager: ConcurrencyManager, client: AsyncOpenAI) -> None:
+        self.config = config
+        self.manager = manager
+        self.client = client
+
+    def estimate_cost(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any]) -> int:
+        """Tokens this call may use: the prompt (messages and tool schemas) plus the output cap."""
+        prompt = estimate_tokens(list(messages)) + (estimate_tokens(list(tools)) if tools else 0)
+        return prompt + self.config.max_output_tokens
+
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        *,
+        key: str,
+        on_text: Callable[[str], None],
+        final: bool = False,
+    ) -> ModelReply:
+        """Run one model step; `on_text` gets each text delta as it arrives (see module doc).
+
+        `final` asks the model to answer in text (tool_choice "none"): the last step of a turn.
+        Raises what the manager raises once retries are spent (an `openai.APIError`,
+        `CapacityExhausted`, `StreamInterrupted`, ...).
+        """
+        forwarded = False
+
+        def forward(text: str) -> None:
+            nonlocal forwarded
+            forwarded = True
+            on_text(text)
+
+        async def attempt() -> ModelReply:
+            if forwarded:
+                raise StreamInterrupted("the model stream broke after text was sent")
+            try:
+                return await self._stream_once(messages, tools, forward, final=final)
+            except (asyncio.CancelledError, StreamInterrupted):
+                raise
+            except Exception as exc:
+                if forwarded:
+                    raise StreamInterrupted(f"the model stream broke mid-reply: {exc}") from exc
+                raise
+
+        return await self.manager.run(
+            self.config.api,
+            attempt,
+            key=key,
+            cost=self.estimate_cost(messages, tools),
+            deadline=self.config.timeout,
+            name="chat.completions",
+        )
+
+    async def _stream_once(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        on_text: Callable[[str], None],
+        *,
+        final: bool,
+    ) -> ModelReply:
+        """One attempt: open the stream and consume it to the end, bounded by `[llm] timeout`."""
+        reply = ModelReply()
+        calls: dict[int, ToolCall] = {}
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                stream = await self.client.chat.completions.create(
+                    model=self.config.model,
+                    messages=cast(Any, list(messages)),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    max_completion_tokens=self.config.max_output_tokens,
+                    tools=cast(Any, list(tools)) if tools else omit,
+                    tool_choice="none" if tools and final else omit,
+                    temperature=self.config.temperature
+                    if self.config.temperature is not None
+                    else omit,
+                )
+                async with stream:
+                    async for chunk in stream:
+                        if chunk.usage is not None:
+                            reply.usage = chunk.usage
+                        for choice in chunk.choices[:1]:
+                            delta = choice.delta
+                            if delta.content:
+                                reply.text += delta.content
+                                on_text(delta.content)
+                            for part in delta.tool_calls or ():
+                                call = calls.setdefault(part.index, ToolCall(id="", name=""))
+                                if part.id:
+                                    call.id = part.id
+                                if part.function is not None:
+                                    call.name += part.function.name or ""
+                                    call.arguments += part.function.arguments or ""
+                            if choice.finish_reason:
+                                reply.finish_reason = choice.finish_reason
+        except TimeoutError:
+            # A retryable error for the manager (it is one only before any text was sent).
+            request = httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
+            raise openai.APITimeoutError(request=request) from None
+        reply.tool_calls = [
+            ToolCall(id=call.id or f"call_{index}", name=call.name, arguments=call.arguments)
+            for index, call in sorted(calls.items())
+            if call.name
+        ]
+        return reply

@@ -1,0 +1,113 @@
+"""The agent's pure parts: prompt building, history trimming, naming, failure wording."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx2
+import mcp_types
+import openai
+
+from livia.agent import PERSONA, build_messages, model_failure, system_prompt, trim_history
+from livia.agent.failures import (
+    StreamInterrupted,
+    format_clock,
+    format_wait,
+    tool_out_of_capacity,
+)
+from livia.agent.toolbox import function_name, render_result
+from livia.concurrency import CapacityExhausted, CircuitOpen
+from livia.conversations.types import ChatMessage
+
+
+def _status_error(cls: type[openai.APIStatusError], status: int, **headers: str) -> Exception:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers, request=request)
+    return cls("upstream said no", response=response, body=None)
+
+
+def test_system_prompt_is_the_persona_unless_overridden() -> None:
+    now = datetime(2030, 5, 6, 7, 8, tzinfo=UTC)
+    assert system_prompt(now=now).startswith(PERSONA)
+    assert "2030-05-06 07:08 UTC" in system_prompt(now=now)
+    custom = system_prompt("You are a pirate.", now=now)
+    assert custom.startswith("You are a pirate.") and "Livia" not in custom
+
+
+def test_history_is_trimmed_to_the_budget_newest_kept() -> None:
+    history = [
+        ChatMessage("user" if i % 2 == 0 else "assistant", f"{i} " + "x" * 396) for i in range(20)
+    ]
+    kept = trim_history(history, budget=520)  # ~104 tokens per message: five fit
+    assert [m.content.split()[0] for m in kept] == ["15", "16", "17", "18", "19"]
+    assert trim_history(history, budget=10) == []
+
+
+def test_build_messages_always_keeps_system_and_new_text() -> None:
+    history = [ChatMessage("user", "old " * 5000), ChatMessage("assistant", "recent")]
+    messages = build_messages("SYS", history, "hello", budget=300)
+    assert messages[0] == {"role": "system", "content": "SYS"}
+    assert messages[-1] == {"role": "user", "content": "hello"}
+    assert {"role": "assistant", "content": "recent"} in messages
+    assert all("old old" not in str(m["content"]) for m in messages)
+
+
+def test_function_names_are_namespaced_and_legal() -> None:
+    assert function_name("zapier", "create_task") == "zapier__create_task"
+    assert function_name("srv", "files.search v2") == "srv__files_search_v2"
+    assert len(function_name("s" * 32, "t" * 80)) == 64
+
+
+def test_tool_results_render_text_or_structured_content() -> None:
+    text = mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text="done")])
+    assert render_result(text) == "done"
+    structured = mcp_types.CallToolResult(content=[], structured_content={"id": 7})
+    assert render_result(structured) == '{"id": 7}'
+    assert render_result(mcp_types.CallToolResult(content=[])) == "(no output)"
+
+
+def test_waits_and_clock_times_read_naturally() -> None:
+    assert format_wait(0.2) == "1 s"
+    assert format_wait(40) == "40 s"
+    assert format_wait(600) == "10 min"
+    assert format_wait(7200) == "2 h"
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert format_clock(now + timedelta(minutes=32), now=now) == "12:32 UTC"
+    assert format_clock(now + timedelta(days=1), now=now) == "2030-01-02 12:00 UTC"
+
+
+def test_a_tool_out_of_quota_says_until_when() -> None:
+    exc = CapacityExhausted("zapier", "requests_per_hour limit reached", 1800)
+    text = tool_out_of_capacity("zapier.create_task", exc)
+    assert text.startswith("ERROR: the zapier.create_task tool is out of quota until ")
+    assert format_clock(exc.available_at) in text
+    paused = tool_out_of_capacity("zapier.create_task", CircuitOpen("zapier", "failing", 30))
+    assert "paused after repeated failures" in paused
+
+
+def test_model_failures_become_short_honest_apologies() -> None:
+    limited = model_failure(_status_error(openai.RateLimitError, 429, **{"retry-after": "40"}))
+    assert limited.code == "model_rate_limited"
+    assert limited.apology == "Sorry — the model is rate-limited; try again in ~40 s."
+
+    down = model_failure(_status_error(openai.InternalServerError, 503))
+    assert down.code == "model_unavailable" and "HTTP 503" in down.apology
+
+    auth = model_failure(_status_error(openai.AuthenticationError, 401))
+    assert auth.code == "model_auth" and "API key" in auth.apology
+
+    full = model_failure(CapacityExhausted("openai", "tokens_per_minute limit reached", 40))
+    assert full.code == "model_capacity"
+    assert "~40 s" in full.apology and format_clock(datetime.now(UTC)).split(":")[0] in full.apology
+
+    try:
+        raise CapacityExhausted("openai", "rate limited (HTTP 429)", 12) from _status_error(
+            openai.RateLimitError, 429
+        )
+    except CapacityExhausted as exc:
+        gave_up = model_failure(exc)
+    assert gave_up.code == "model_rate_limited" and "~12 s" in gave_up.apology
+
+    assert model_failure(StreamInterrupted("x")).code == "model_interrupted"
+    internal = model_failure(RuntimeError("Traceback: secret stuff"))
+    assert internal.code == "internal" and "secret" not in internal.apology
