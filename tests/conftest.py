@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from livia.agent.events import TextDelta, TurnDone, TurnEvent
 from livia.conversations.types import ChatMessage
@@ -56,3 +63,135 @@ class EchoResponder:
 def echo_responder() -> EchoResponder:
     """A fresh `EchoResponder` with no delay."""
     return EchoResponder()
+
+
+# --- HTTP: a real server on a free port, for clients that need one (CLI, browser) ---------
+
+
+@contextlib.contextmanager
+def serve_app(app: Any, *, start_timeout: float = 10.0) -> Iterator[str]:
+    """Run the ASGI `app` with uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=2)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the test server did not start within {start_timeout} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[[Any], str]]:
+    """A factory: `live_server(app)` serves the app for this test and returns its URL."""
+    with contextlib.ExitStack() as stack:
+        yield lambda app: stack.enter_context(serve_app(app))
+
+
+@dataclass
+class FakeConversations:
+    """Conversation counters in the shape of the dispatcher's `stats()`."""
+
+    active: int = 0
+    answered: int = 0
+    failed: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"active": self.active, "queued": 0, "answered": self.answered, "failed": 0}
+
+
+def fake_livia_app(*, demo: bool = True, api_token: str = "", latency: float = 0.2) -> Any:
+    """A small real app around the monitoring and web routers, for clients to talk to.
+
+    `POST /v1/chat` answers through a real `ConcurrencyManager` (a "model" call on
+    openai, and a "tool" call on zapier when the text mentions time) and streams the
+    reply as server-sent events when asked to; `GET /healthz` reports `demo`.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from livia.channels.web import web_router
+    from livia.concurrency import ConcurrencyManager
+    from livia.config import Settings
+    from livia.monitoring import monitoring_router, unauthorized
+
+    settings = Settings(server={"api_token": api_token})
+    conversations = FakeConversations()
+    app = FastAPI()
+    app.include_router(web_router())
+    app.include_router(monitoring_router())
+    app.state.livia = SimpleNamespace(
+        settings=settings,
+        manager=ConcurrencyManager(settings.policies()),
+        conversations=conversations,
+        agent=None,
+        demo=demo,
+    )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "demo": demo}
+
+    async def turn(text: str, key: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        manager = app.state.livia.manager
+        conversations.active += 1
+        try:
+            await manager.run("openai", lambda: asyncio.sleep(latency), key=key)
+            if "time" in text.lower():
+                city = text.rpartition(" in ")[2].strip(" ?.") if " in " in text else "Tokyo"
+                call = {"call_id": "c1", "tool": "time.get_current_time"}
+                yield "tool_started", {**call, "arguments": {"city": city}}
+                await manager.run("zapier", lambda: asyncio.sleep(latency), key=key)
+                yield "tool_finished", {**call, "ok": True, "summary": f"14:05 in {city}"}
+                reply = f"It is `14:05` in {city} right now."
+            else:
+                reply = f"Hello! You said: **{text}**. Ask me the time somewhere to see a tool run."
+            for word in reply.split(" "):
+                await asyncio.sleep(0.01)
+                yield "delta", {"text": word + " "}
+            yield "done", {"reply": reply}
+        finally:
+            conversations.active -= 1
+            conversations.answered += 1
+
+    @app.post("/v1/chat")
+    async def chat(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        body = await request.json()
+        text, key = str(body.get("text", "")), str(body.get("conversation_id", ""))
+        if not text:
+            error = {"type": "invalid_request", "message": "text is empty"}
+            return JSONResponse({"error": error}, status_code=400)
+        events = turn(text, key)
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            done = {
+                k: v
+                for name, data in [e async for e in events]
+                if name == "done"
+                for k, v in data.items()
+            }
+            return JSONResponse({"conversation_id": key, "message_id": "m", **done})
+
+        async def stream() -> AsyncIterator[str]:
+            async for name, data in events:
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app

@@ -1,0 +1,48 @@
+"""The optional bearer token that guards the API and admin endpoints."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+def expected_token(request: Request) -> str:
+    """The configured `[server] api_token`, or "" when the server is open."""
+    state = getattr(request.app.state, "livia", None)
+    settings = getattr(state, "settings", None)
+    secret = getattr(getattr(settings, "server", None), "api_token", None)
+    if secret is None:
+        return ""
+    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    return str(value or "")
+
+
+def unauthorized(request: Request) -> JSONResponse | None:
+    """A 401 response when a token is configured and the request lacks it; else None.
+
+    Returned rather than raised so the JSON error shape does not depend on which
+    exception handlers the app installs.
+    """
+    token = expected_token(request)
+    if not token:
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    log.info("refused %s %s: missing or wrong bearer token", request.method, request.url.path)
+    return JSONResponse(
+        {
+            "error": {
+                "type": "unauthorized",
+                "message": "this endpoint needs `Authorization: Bearer <token>` with the "
+                "server's api_token (LIVIA_SERVER__API_TOKEN)",
+            }
+        },
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
