@@ -71,13 +71,13 @@ class ScriptedResponder:
 
 
 @contextlib.asynccontextmanager
-async def serve_here(app: FastAPI) -> AsyncIterator[str]:
+async def serve_here(app: FastAPI, *, lifespan: str = "off") -> AsyncIterator[str]:
     """Serve `app` with uvicorn in this event loop on a free port; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
@@ -294,6 +294,19 @@ async def test_direct_messages_are_answered(tmp_path: Path) -> None:
         ts = body["event"]["ts"]
         replies = await rig.replies("D42", ts)
         assert [m.text for m in replies] == ["You said: **hi in private**"]
+
+        # An assistant thread (Slack's AI app view) is Livia's from its start: not read back.
+        root = rig.sim.add_message("D42", "How can I help?", user=LIVIA, bot_id="B0LIVIA").ts
+        started = {
+            "type": "assistant_thread_started",
+            "assistant_thread": {"user_id": "U7", "channel_id": "D42", "thread_ts": root},
+        }
+        assert (await rig.send(rig.sim.event_body(started)))[0] == 200
+        await rig.settle()
+        body = rig.sim.message_event("D42", "U7", "in the thread", thread_ts=root)
+        assert (await rig.send(body))[0] == 200
+        await rig.replies("D42", root, count=1)
+        assert rig.sim.calls_to("conversations.replies") == []
 
 
 async def test_bots_edits_joins_strangers_and_other_threads_are_ignored(tmp_path: Path) -> None:
@@ -540,3 +553,99 @@ async def _push_mention(sim: SimSlack, text: str) -> str:
             except (RuntimeError, TimeoutError):  # the new connection is not up yet
                 await asyncio.sleep(0.1)
     return str(mention["event"]["ts"])
+
+
+# --- order, restarts, wiring ------------------------------------------------------------
+
+
+async def test_messages_of_one_thread_are_answered_in_order(tmp_path: Path) -> None:
+    async with slack_rig(tmp_path) as rig:
+        rig.responder.latency = 0.3
+        ts = await rig.mention("C1", "U1", "one")
+        for text in ("two", "three", "four"):
+            body = rig.sim.message_event("C1", "U1", text, thread_ts=ts)
+            assert (await rig.send(body))[0] == 200
+        replies = await rig.replies("C1", ts, count=4)
+        assert [m.text for m in replies] == [
+            f"You said: **{t}**" for t in ("one", "two", "three", "four")
+        ]
+        assert rig.responder.texts() == ["one", "two", "three", "four"]
+
+
+async def test_a_message_taken_before_a_restart_is_answered_after_it(tmp_path: Path) -> None:
+    sim = SimSlack(signing_secret=SIGNING_SECRET, bot_token=BOT_TOKEN)
+    api_url = await sim.start()
+    settings = make_settings(tmp_path).model_copy(
+        update={"slack": Settings().slack.model_copy(update={"mode": "http", "api_url": api_url})}
+    )
+    try:
+        # First run: the message is accepted, then Livia stops before answering.
+        async with Store(settings.store.url) as store:
+            manager = ConcurrencyManager(settings.policies())
+            stuck = ScriptedResponder(manager, latency=60.0)
+            conversations = Conversations(stuck, store)
+            channel = SlackChannel(settings, conversations, manager, store=store, close_timeout=0.5)
+            await conversations.start()
+            await channel.start()
+            mention, _ = sim.mention("C1", "U1", f"<@{LIVIA}> remember me")
+            ts = mention["event"]["ts"]
+            task = channel.accept(mention)
+            assert task is not None
+            await sim.wait_for(lambda s: len(s.statuses) == 1, 5)
+            await asyncio.sleep(0.1)  # the model call is under way
+            await conversations.aclose()
+            await channel.aclose()
+            await manager.aclose()
+            assert sim.bot_replies("C1", ts) == []
+
+        # Second run on the same store: the inbox is recovered and the reply delivered.
+        async with Store(settings.store.url) as store:
+            manager = ConcurrencyManager(settings.policies())
+            responder = ScriptedResponder(manager)
+            conversations = Conversations(responder, store)
+            channel = SlackChannel(settings, conversations, manager, store=store)
+            await conversations.start()
+            await channel.start()
+            try:
+                replies = await Rig(sim, channel, conversations, manager, store, responder).replies(
+                    "C1", ts
+                )
+                assert [m.text for m in replies] == ["You said: *remember me*"]  # posted as mrkdwn
+                # Slack retrying the old event now is recognised from the store.
+                assert await channel.handle_event(mention) is None
+                assert responder.texts() == ["remember me"]
+                assert len(sim.bot_replies("C1", ts)) == 1
+            finally:
+                await channel.aclose()
+                await conversations.aclose()
+                await manager.aclose()
+    finally:
+        await sim.stop()
+
+
+async def test_the_app_serves_slack_events_when_mode_is_http(tmp_path: Path) -> None:
+    from livia.app import build_app
+
+    sim = SimSlack(signing_secret=SIGNING_SECRET, bot_token=BOT_TOKEN)
+    api_url = await sim.start()
+    try:
+        async with SimOpenAI(SimOpenAIConfig(latency=0.1)) as model:
+            settings = make_settings(
+                tmp_path, model_url=model.url, slack={"mode": "http", "api_url": api_url}
+            )
+            app = build_app(settings)
+            async with serve_here(app, lifespan="on") as base:
+                mention, message = sim.mention("C1", "U1", f"<@{LIVIA}> hello")
+                for body in (mention, message):
+                    status, _ = await sim.post_event(f"{base}/slack/events", body)
+                    assert status == 200
+                ts = mention["event"]["ts"]
+                await sim.wait_for(
+                    lambda s: any(not m.streaming for m in s.bot_replies("C1", ts)), 15
+                )
+                [reply] = sim.bot_replies("C1", ts)
+                assert reply.text
+                forged = await sim.post_event(f"{base}/slack/events", mention, signing_secret="x")
+                assert forged[0] == 401
+    finally:
+        await sim.stop()

@@ -28,6 +28,7 @@ from livia.channels.slack.api import ApiRunner, SlackApi, error_code, new_web_cl
 from livia.channels.slack.handling import (
     SlackMessage,
     Target,
+    conversation_id,
     ignore_reason,
     parse_event,
     prior_history,
@@ -37,7 +38,14 @@ from livia.channels.slack.memory import InMemorySlackMemory, SlackMemory, StoreS
 from livia.channels.slack.socket import SocketModeHandler
 from livia.channels.slack.streaming import Capabilities, ReplyStream, post_reply
 from livia.config import Settings
-from livia.conversations import ConversationError, Conversations, IncomingMessage, Reply, Ticket
+from livia.conversations import (
+    ConversationError,
+    Conversations,
+    IncomingMessage,
+    NotRunning,
+    Reply,
+    Ticket,
+)
 
 if TYPE_CHECKING:
     from livia.store import Store
@@ -198,10 +206,14 @@ class SlackChannel:
             )
 
         async def on_message(body: dict[str, Any], request: AsyncBoltRequest) -> None:
-            retry = request.headers.get("x-slack-retry-num", [""])[0] or body.get("retry_attempt")
-            if retry:
+            # Socket Mode's retry_attempt arrives as the same header (0 on a first try).
+            retry = request.headers.get("x-slack-retry-num", [""])[0]
+            if retry not in ("", "0"):
                 log.info("slack retry received: event=%s retry=%s", body.get("event_id"), retry)
             channel.accept(body)
+
+        async def on_assistant_thread(body: dict[str, Any]) -> None:
+            await channel.note_assistant_thread(body)
 
         async def on_other(body: dict[str, Any]) -> None:
             log.debug("slack event ignored: type=%s", (body.get("event") or {}).get("type"))
@@ -217,6 +229,7 @@ class SlackChannel:
         )
         app.event("app_mention")(on_message)
         app.event("message")(on_message)
+        app.event("assistant_thread_started")(on_assistant_thread)
         app.event(re.compile(r".*"))(on_other)  # ack everything else quietly (no 404s)
         return app
 
@@ -348,6 +361,15 @@ class SlackChannel:
             )
             return None
 
+    async def note_assistant_thread(self, body: Mapping[str, Any]) -> None:
+        """A user opened an assistant thread with Livia: it is hers, nothing to read back."""
+        thread = (body.get("event") or {}).get("assistant_thread") or {}
+        channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
+        if channel and thread_ts:
+            team = body.get("team_id") or ""
+            await self._memory.remember_thread(conversation_id(team, channel, thread_ts))
+            log.info("slack assistant thread started: channel=%s thread=%s", channel, thread_ts)
+
     async def _handle(self, msg: SlackMessage) -> Reply | None:
         me = await self.whoami()
         if msg.event_id and not await self._memory.first_sighting(f"event:{msg.event_id}"):
@@ -412,6 +434,12 @@ class SlackChannel:
             return None
         try:
             reply = await ticket.wait(timeout=self._turn_timeout)
+        except NotRunning:
+            # Shutting down: the message stays in the inbox and is answered after the
+            # restart (through `SlackDelivery`), so take the progress away instead.
+            log.info("slack reply deferred to restart: event=%s", msg.event_id)
+            await stream.abandon()
+            return None
         except TimeoutError:
             # The turn goes on; the conversations layer hands its reply to `SlackDelivery`.
             log.warning(

@@ -20,6 +20,8 @@ __all__ = [
     "ACCEPTED_SUBTYPES",
     "SlackMessage",
     "Target",
+    "clean_text",
+    "conversation_id",
     "estimate_tokens",
     "ignore_reason",
     "parse_event",
@@ -32,6 +34,11 @@ __all__ = [
 ACCEPTED_SUBTYPES: frozenset[str | None] = frozenset({None, "file_share", "thread_broadcast"})
 
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+def conversation_id(team: str, channel: str, thread_ts: str) -> str:
+    """One Slack thread is one conversation."""
+    return f"slack:{team}:{channel}:{thread_ts}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,7 @@ class SlackMessage:
 
     @property
     def conversation_id(self) -> str:
-        return f"slack:{self.team}:{self.channel}:{self.thread_root}"
+        return conversation_id(self.team, self.channel, self.thread_root)
 
     @property
     def message_id(self) -> str:
