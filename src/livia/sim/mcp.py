@@ -1,0 +1,346 @@
+"""A simulated Zapier-like MCP tool server over streamable HTTP (the `mcp` SDK's MCPServer).
+
+`SimMcp` offers the tools in `livia.sim.zapier` with a configurable latency, a limit on
+concurrent tool calls and an hourly quota. Over a limit the tool call fails the way
+Zapier's does: an error result (`isError: true`) whose text says what happened and, for
+the quota, when it resets (also in the result's `_meta`: `retry_after` seconds and
+`reset_at`). Counters are at `GET /sim/stats` on the same server, cleared by
+`POST /sim/reset`, and in `SimMcp.stats`.
+
+The quota counts tool calls that were let in, in a sliding hour on the monotonic clock;
+limits are checked and recorded without an `await` in between, so they hold to the call.
+Counted are calls addressed to one of the tools; calls the SDK rejects before that
+(unknown tool, arguments of the wrong type) are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp_types import CallToolResult, TextContent
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from livia.sim import zapier
+from livia.sim._serving import UvicornRunner
+from livia.sim.latency import Latency, parse_latency
+from livia.sim.limits import SlidingWindow, format_duration
+from livia.sim.timeline import Timeline
+
+log = logging.getLogger(__name__)
+
+_OVER_LIMIT_KINDS = ("concurrency", "quota")
+
+
+@dataclass(frozen=True)
+class SimMcpConfig:
+    """How the simulated tool server behaves. Limits of 0 are off.
+
+    `latency` is seconds or a spec such as "lognormal:1:4" (see `livia.sim.latency`),
+    drawn per tool call from `seed`.
+    """
+
+    latency: Latency | float | str = 0.0
+    max_concurrent: int = 0
+    quota_per_hour: int = 0
+    seed: int | None = None
+    #: The server name MCP clients see.
+    name: str = "zapier"
+    #: Most tool-call spans the timeline keeps (later calls still count).
+    max_timeline: int = 100_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latency", parse_latency(self.latency))
+        for name in ("max_concurrent", "quota_per_hour"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(
+                    f"{name} must be 0 (off) or a positive whole number, got {value!r}"
+                )
+        if self.max_timeline < 0:
+            raise ValueError("max_timeline must not be negative")
+
+    @property
+    def latency_model(self) -> Latency:
+        """`latency` as a `Latency` (it always is one after construction)."""
+        return parse_latency(self.latency)
+
+    def describe(self) -> str:
+        """A one-line summary for logs."""
+        parts = [f"latency {self.latency_model}"]
+        if self.max_concurrent:
+            parts.append(f"max concurrent {self.max_concurrent}")
+        if self.quota_per_hour:
+            parts.append(f"quota {self.quota_per_hour}/hour")
+        return ", ".join(parts)
+
+
+@dataclass
+class SimMcpStats:
+    """What the simulated tool server has seen since start or the last reset."""
+
+    #: Tool calls received (refused ones included).
+    tool_calls: int = 0
+    #: Calls that succeeded.
+    ok: int = 0
+    #: Calls the tool itself refused (invalid arguments).
+    errors: int = 0
+    #: Calls refused for a limit (too many concurrent calls, or the hourly quota spent).
+    over_limit: int = 0
+    #: `over_limit` by limit; a call over both counts under each.
+    over_limit_by: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(_OVER_LIMIT_KINDS, 0)
+    )
+    #: Calls that the client abandoned before the result.
+    cancelled: int = 0
+    #: Tool calls by tool name.
+    by_tool: dict[str, int] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=Timeline)
+
+    @property
+    def in_flight(self) -> int:
+        """Tool calls running now."""
+        return self.timeline.in_flight
+
+    @property
+    def peak_concurrency(self) -> int:
+        """The most tool calls that ran at once."""
+        return self.timeline.peak
+
+    def reset(self) -> None:
+        """Zero every counter and start a new timeline (running calls stay counted)."""
+        fresh = SimMcpStats()
+        for name in self.__dataclass_fields__:
+            if name != "timeline":
+                setattr(self, name, getattr(fresh, name))
+        self.timeline.reset()
+
+    def as_dict(self, *, timeline: bool = True) -> dict[str, Any]:
+        """The counters as JSON-ready data (with the per-call timeline if `timeline`)."""
+        tl = self.timeline
+        out: dict[str, Any] = {
+            name: getattr(self, name) for name in self.__dataclass_fields__ if name != "timeline"
+        }
+        out["over_limit_by"] = dict(self.over_limit_by)
+        out["by_tool"] = dict(self.by_tool)
+        out["in_flight"] = tl.in_flight
+        out["peak_concurrency"] = tl.peak
+        out["t0"] = tl.t0
+        out["started_at"] = tl.started_at
+        out["elapsed"] = round(tl.clock() - tl.t0, 6)
+        if timeline:
+            out["timeline"] = tl.spans_json()
+            out["timeline_dropped"] = tl.spans_dropped
+            out["inflight"] = [list(point) for point in tl.series()]
+        return out
+
+
+class SimMcp:
+    """The simulated MCP server; `async with SimMcp(config) as sim:` runs it.
+
+    `start()` returns the streamable HTTP endpoint to give an MCP client (".../mcp").
+    """
+
+    def __init__(self, config: SimMcpConfig | None = None) -> None:
+        self.config = config or SimMcpConfig()
+        self.stats = SimMcpStats(timeline=Timeline(self.config.max_timeline))
+        self.url = ""
+        self._latency = self.config.latency_model
+        self._rng = random.Random(self.config.seed)
+        quota = self.config.quota_per_hour
+        self._quota = SlidingWindow(quota, 3600.0) if quota else None
+        self._runner: UvicornRunner | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on (host, port) (0: any free port); returns "http://HOST:PORT/mcp"."""
+        if self._runner is not None:
+            raise RuntimeError("SimMcp is already running")
+        server = self._build_server()
+        # The session manager inside can run once, so each start builds a fresh app.
+        runner = UvicornRunner(server.streamable_http_app(host=host))
+        self.url = await runner.start(host, port) + "/mcp"
+        self._runner = runner
+        log.info("simulated MCP tools on %s (%s)", self.url, self.config.describe())
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop serving; calls still running are cancelled after a short grace period."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.stop()
+
+    async def __aenter__(self) -> SimMcp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def reset(self) -> None:
+        """Zero the counters, refill the quota and restart the random sequence."""
+        self.stats.reset()
+        if self._quota is not None:
+            self._quota.clear()
+        self._rng.seed(self.config.seed)
+
+    def snapshot(self, *, timeline: bool = True) -> dict[str, Any]:
+        """What `GET /sim/stats` returns: counters, limits, quota and the timeline."""
+        out = self.stats.as_dict(timeline=timeline)
+        out["limits"] = {
+            "max_concurrent": self.config.max_concurrent,
+            "quota_per_hour": self.config.quota_per_hour,
+        }
+        if self._quota is not None:
+            now = time.monotonic()
+            out["quota"] = {
+                "limit": self._quota.limit,
+                "used": self._quota.used(now),
+                "remaining": self._quota.remaining(now),
+                "resets_in": round(self._quota.wait(now), 3),
+            }
+        return out
+
+    def _build_server(self) -> MCPServer:
+        with _root_logging_untouched():
+            server: MCPServer = MCPServer(
+                self.config.name,
+                title="Zapier MCP (simulated)",
+                instructions="Simulated Zapier actions: tasks, files, calendar and email.",
+                version="1.0",
+                log_level="WARNING",
+            )
+        for name, fn in zapier.TOOLS.items():
+            server.add_tool(
+                self._guarded(name, fn),
+                name=name,
+                description=inspect.cleandoc(fn.__doc__ or name).replace("\n", " "),
+                structured_output=False,
+            )
+        server.custom_route("/sim/stats", methods=["GET"])(self._stats_route)
+        server.custom_route("/sim/reset", methods=["POST"])(self._reset_route)
+        return server
+
+    def _guarded(self, name: str, fn: Callable[..., zapier.ToolOutput]) -> Callable[..., Any]:
+        """An async tool with `fn`'s arguments that runs `fn` under the limits and latency."""
+
+        async def tool(**arguments: Any) -> CallToolResult:
+            return await self._call(name, fn, arguments)
+
+        # MCPServer reads the argument schema from the signature; keep `fn`'s.
+        signature = inspect.signature(fn, eval_str=True)
+        tool.__signature__ = signature.replace(return_annotation=CallToolResult)  # type: ignore[attr-defined]
+        tool.__name__ = name
+        tool.__doc__ = fn.__doc__
+        return tool
+
+    # --- calls -------------------------------------------------------------------------
+
+    async def _call(
+        self, name: str, fn: Callable[..., zapier.ToolOutput], arguments: dict[str, Any]
+    ) -> CallToolResult:
+        now = time.monotonic()
+        stats = self.stats
+        stats.tool_calls += 1
+        stats.by_tool[name] = stats.by_tool.get(name, 0) + 1
+        refusal = self._check(now)
+        if refusal is not None:
+            return refusal
+        if self._quota is not None:
+            self._quota.add(now)
+        span = stats.timeline.begin(now)
+        outcome = "cancelled"
+        try:
+            await asyncio.sleep(self._latency.sample(self._rng))
+            try:
+                text, data = fn(**arguments)
+            except ValueError as exc:
+                outcome = "error"
+                stats.errors += 1
+                return _error(f"Error: {exc}")
+            outcome = "ok"
+            stats.ok += 1
+            return CallToolResult(
+                content=[TextContent(type="text", text=text)], structured_content=data
+            )
+        finally:
+            stats.timeline.end(span, outcome)
+            if outcome == "cancelled":
+                stats.cancelled += 1
+
+    def _check(self, now: float) -> CallToolResult | None:
+        """An error result if a call at `now` is over a limit, else None."""
+        cfg, stats = self.config, self.stats
+        quota_wait = 0.0
+        if self._quota is not None and not self._quota.admits(now):
+            quota_wait = self._quota.wait(now)
+        busy = bool(cfg.max_concurrent) and stats.timeline.in_flight >= cfg.max_concurrent
+        if not quota_wait and not busy:
+            return None
+        stats.over_limit += 1
+        if busy:
+            stats.over_limit_by["concurrency"] += 1
+        if quota_wait:
+            stats.over_limit_by["quota"] += 1
+            stats.timeline.instant("over_quota", now)
+            reset_at = datetime.now(UTC) + timedelta(seconds=quota_wait)
+            return _error(
+                f"Zapier MCP hourly quota exceeded: all {cfg.quota_per_hour} tool calls allowed "
+                f"per hour have been used. The quota resets at {reset_at:%Y-%m-%d %H:%M:%S} UTC "
+                f"(in {format_duration(quota_wait)}, retry after {max(1, round(quota_wait))} s); "
+                "try again then, or upgrade your Zapier plan for a higher limit.",
+                meta={
+                    "retry_after": round(quota_wait, 3),
+                    "reset_at": reset_at.isoformat(timespec="seconds"),
+                },
+            )
+        stats.timeline.instant("too_many_concurrent", now)
+        return _error(
+            f"Zapier MCP: too many concurrent requests. {stats.timeline.in_flight} tool calls "
+            f"are already running (limit {cfg.max_concurrent}); wait for one to finish and "
+            "try again.",
+            meta={"retry_after": 1.0},
+        )
+
+    # --- admin routes ------------------------------------------------------------------
+
+    async def _stats_route(self, request: Request) -> JSONResponse:
+        timeline = request.query_params.get("timeline", "1").lower() not in ("0", "false", "no")
+        return JSONResponse(self.snapshot(timeline=timeline))
+
+    async def _reset_route(self, request: Request) -> JSONResponse:
+        self.reset()
+        return JSONResponse({"ok": True})
+
+
+def _error(text: str, meta: dict[str, Any] | None = None) -> CallToolResult:
+    """An error result, as Zapier reports a failed action."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], is_error=True, _meta=meta or None
+    )
+
+
+@contextlib.contextmanager
+def _root_logging_untouched() -> Iterator[None]:
+    """Keep MCPServer from installing its own root log handler (via `basicConfig`) when
+    the host program has not configured logging: library code leaves that to the host."""
+    root = logging.getLogger()
+    placeholder = None if root.handlers else logging.NullHandler()
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
