@@ -143,6 +143,8 @@ def fake_livia_app(*, demo: bool = True, api_token: str = "", latency: float = 0
         demo=demo,
     )
 
+    app.state.chat_bodies = []  # what POST /v1/chat received, in order
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "demo": demo}
@@ -174,6 +176,7 @@ def fake_livia_app(*, demo: bool = True, api_token: str = "", latency: float = 0
         if (denied := unauthorized(request)) is not None:
             return denied
         body = await request.json()
+        app.state.chat_bodies.append(body)
         text, key = str(body.get("text", "")), str(body.get("conversation_id", ""))
         if not text:
             error = {"type": "invalid_request", "message": "text is empty"}
@@ -195,3 +198,79 @@ def fake_livia_app(*, demo: bool = True, api_token: str = "", latency: float = 0
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     return app
+
+
+# --- Livia over real HTTP: the real app and agent against the simulated OpenAI model -------
+
+
+@dataclass
+class RunningLivia:
+    """A Livia app served on 127.0.0.1, its simulated model, and what the model was sent."""
+
+    url: str
+    app: Any
+    sim: Any  # livia.sim.openai.SimOpenAI
+    #: The JSON body of every request the agent sent to the model, in send order.
+    model_requests: list[dict[str, Any]]
+
+    @property
+    def livia(self) -> Any:
+        return self.app.state.livia
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
+    """A factory: ``await livia_server(latency=0.2, sim={...}, server={...}, ...)``.
+
+    Starts a `SimOpenAI` (its config from `latency` and `sim`), then `build_app` with
+    settings pointing at it (other keyword arguments are settings sections, merged in),
+    served by uvicorn in this event loop. Everything stops at the end of the test.
+    """
+    import json
+
+    import httpx2
+    from openai import AsyncOpenAI
+
+    from livia.app import build_app
+    from livia.config import Settings
+    from livia.sim._serving import UvicornRunner
+    from livia.sim.openai import SimOpenAI, SimOpenAIConfig
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            *, latency: float = 0.0, sim: dict[str, Any] | None = None, **sections: Any
+        ) -> RunningLivia:
+            model = SimOpenAI(SimOpenAIConfig(latency=latency, **(sim or {})))
+            model_url = await model.start()
+            stack.push_async_callback(model.stop)
+            base = {
+                "llm": {"base_url": model_url},
+                "store": {"url": f"sqlite:///{tmp_path}/livia.db"},
+            }
+            settings = Settings(**_merged(base, sections))
+            sent: list[dict[str, Any]] = []
+
+            async def record(request: Any) -> None:
+                if request.url.path.endswith("/chat/completions"):
+                    sent.append(json.loads(request.content))
+
+            http = httpx2.AsyncClient(event_hooks={"request": [record]}, timeout=60.0)
+            client = AsyncOpenAI(
+                base_url=model_url, api_key="test", max_retries=0, http_client=http
+            )
+            stack.push_async_callback(client.close)
+            app = build_app(settings, openai_client=client)
+            runner = UvicornRunner(app)
+            url = await runner.start("127.0.0.1", 0)
+            stack.push_async_callback(runner.stop)
+            return RunningLivia(url, app, model, sent)
+
+        yield start

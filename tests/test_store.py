@@ -40,13 +40,14 @@ async def test_open_creates_parent_dir_and_uses_wal(store: Store, tmp_path: Path
 
 
 async def test_accept_is_idempotent_and_keeps_meta(store: Store) -> None:
-    turn, created = await store.accept(_msg("m1"))
-    assert created and turn.status == "pending" and turn.meta == {"ts": "1.2"}
-    again, created = await store.accept(_msg("m1"))
-    assert not created and again.seq == turn.seq
+    turn, created, first = await store.accept(_msg("m1"))
+    assert created and first and turn.status == "pending" and turn.meta == {"ts": "1.2"}
+    again, created, first = await store.accept(_msg("m1"))
+    assert not created and not first and again == turn
+    assert (await store.accept(_msg("m2"))).first is False
     # the same message_id in another conversation is another message
-    _, created = await store.accept(_msg("m1", cid="c2"))
-    assert created
+    other = await store.accept(_msg("m1", cid="c2"))
+    assert other.created and other.first
 
 
 async def test_pending_complete_and_turns(store: Store) -> None:

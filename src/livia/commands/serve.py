@@ -1,14 +1,42 @@
-"""`livia serve`."""
+"""`livia serve`: the HTTP API, web chat, dashboard and Slack, in one process."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+import uvicorn
+
+from livia.config import load_settings
+
+log = logging.getLogger("livia.serve")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
+    parser.add_argument("--host", help="address to listen on (default: [server] host)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: [server] port)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not built yet."""
-    raise SystemExit("livia serve: not available yet")
+    """Load the settings, build the app and serve it until interrupted."""
+    from livia.app import build_app  # heavy (SDKs): only when serving, not for `livia --help`
+    from livia.store import sqlite_path
+
+    settings = load_settings(args.config)
+    sqlite_path(settings.store.url)  # a wrong [store] url is a message now, not at start-up
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    log.info("serving on http://%s:%d (stop with Ctrl-C)", host, port)
+    config = uvicorn.Config(
+        build_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # keep the CLI's logging (one format, secrets redacted)
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -213,7 +213,7 @@ class Conversations:
             raise Busy(min(retry, 300.0), self._queued)
         self._queued += 1  # reserved before the first await: the bound holds under bursts
         try:
-            turn, created = await self._store.accept(msg)
+            turn, created, first = await self._store.accept(msg)
         except BaseException:
             self._queued -= 1
             raise
@@ -230,6 +230,7 @@ class Conversations:
             job.listeners.add(on_event)
         job.waiters += 1
         self._counts["accepted"] += 1
+        self._conversations += first
         self._enqueue(job)
         log.info(
             "accepted conversation_id=%s message_id=%s user_id=%s queued=%d active=%d",
@@ -239,10 +240,6 @@ class Conversations:
             self._queued,
             self._active,
         )
-        if created and not await self._store.turns(
-            msg.conversation_id, before_seq=turn.seq, limit=1
-        ):
-            self._conversations += 1
         return Ticket(job, duplicate=False, timeout=self._reply_timeout)
 
     async def submit(self, msg: IncomingMessage, on_event: EventSink | None = None) -> Reply:

@@ -1,5 +1,5 @@
 """Durable state: the inbox of accepted messages, conversation history, idempotency marks."""
 
-from livia.store.sqlite import Status, Store, StoredTurn, StoreError, sqlite_path
+from livia.store.sqlite import Accepted, Status, Store, StoredTurn, StoreError, sqlite_path
 
-__all__ = ["Status", "Store", "StoreError", "StoredTurn", "sqlite_path"]
+__all__ = ["Accepted", "Status", "Store", "StoreError", "StoredTurn", "sqlite_path"]

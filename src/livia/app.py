@@ -1,0 +1,206 @@
+"""The composition root: one running Livia built from `Settings`, and its FastAPI app.
+
+`run_livia(settings)` starts the parts in dependency order (simulated upstreams in demo
+mode, the concurrency manager, the store, the agent, the conversations, Slack) and stops
+them in reverse, each stop bounded. `build_app(settings)` wraps that in the app's
+lifespan and exposes the running `Livia` as ``app.state.livia`` for every router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+from livia import __version__
+from livia.agent import Agent
+from livia.channels.http import api_router, install_error_handling
+from livia.channels.web import web_router
+from livia.concurrency import ConcurrencyManager
+from livia.config import McpServerConfig, Settings
+from livia.conversations import Conversations
+from livia.monitoring import monitoring_router
+from livia.store import Store
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+    from livia.channels.slack import SlackChannel
+
+log = logging.getLogger(__name__)
+
+#: Seconds each part may take to stop before shutdown moves on.
+STOP_TIMEOUT = 15.0
+#: Simulated model latency in demo mode: slow enough to see concurrency, quick to chat.
+DEMO_MODEL_LATENCY = 1.0
+DEMO_TOOL_LATENCY = 0.5
+DEMO_NOTICE = (
+    "Demo mode: no OPENAI_API_KEY and no [llm] base_url, so Livia answers with a built-in "
+    "simulated model and simulated tools. Set OPENAI_API_KEY to talk to OpenAI."
+)
+
+
+@dataclass
+class Livia:
+    """Everything a running Livia holds; routers read it from ``app.state.livia``."""
+
+    #: The settings in force (in demo mode, pointed at the simulated upstreams).
+    settings: Settings
+    manager: ConcurrencyManager
+    agent: Agent
+    store: Store
+    conversations: Conversations
+    demo: bool = False
+    #: A sentence for people (the web page's banner), or None.
+    notice: str | None = None
+    slack: SlackChannel | None = None
+    #: The simulated upstreams of demo mode (they expose their own counters).
+    simulators: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        """True while messages are accepted and answered."""
+        return self.store.is_open and self.conversations.running
+
+
+def build_manager(settings: Settings) -> ConcurrencyManager:
+    """The concurrency manager for `settings` (the coordination backend's own factory if any)."""
+    import livia.concurrency as concurrency
+
+    factory: Callable[[Settings], ConcurrencyManager] | None = getattr(
+        concurrency, "build_manager", None
+    )
+    if factory is not None:
+        return factory(settings)
+    return ConcurrencyManager(settings.policies())
+
+
+async def _start_demo_upstreams(
+    settings: Settings, stack: contextlib.AsyncExitStack
+) -> tuple[Settings, dict[str, Any]]:
+    """Start the simulated model and tool server; return settings pointed at them."""
+    from livia.sim import SimMcp, SimMcpConfig, SimOpenAI, SimOpenAIConfig
+
+    model = SimOpenAI(SimOpenAIConfig(latency=DEMO_MODEL_LATENCY))
+    model_url = await model.start(port=0)
+    stack.push_async_callback(_bounded, "simulated model", model.stop)
+    tools = SimMcp(SimMcpConfig(latency=DEMO_TOOL_LATENCY))
+    tools_url = await tools.start(port=0)
+    stack.push_async_callback(_bounded, "simulated tools", tools.stop)
+    taken = {server.name for server in settings.mcp.servers}
+    name = "zapier" if "zapier" not in taken else "demo-zapier"
+    demo_server = McpServerConfig(name=name, url=tools_url, api="zapier")
+    settings = settings.model_copy(
+        update={
+            "llm": settings.llm.model_copy(update={"base_url": model_url}),
+            "mcp": settings.mcp.model_copy(
+                update={"servers": [*settings.mcp.servers, demo_server]}
+            ),
+        }
+    )
+    log.warning("DEMO MODE: simulated model at %s, simulated tools at %s", model_url, tools_url)
+    log.warning(DEMO_NOTICE)
+    return settings, {"openai": model, "mcp": tools}
+
+
+async def _bounded(name: str, stop: Callable[[], Awaitable[Any]]) -> None:
+    """Run one part's stop within `STOP_TIMEOUT`; a failure is logged, shutdown goes on."""
+    try:
+        await asyncio.wait_for(stop(), STOP_TIMEOUT)
+    except Exception:
+        log.exception("stopping %s failed", name)
+
+
+@contextlib.asynccontextmanager
+async def run_livia(
+    settings: Settings, *, openai_client: AsyncOpenAI | None = None
+) -> AsyncIterator[Livia]:
+    """Start every part of Livia for `settings`; stop them all (reverse order) on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        demo = settings.demo_mode
+        simulators: dict[str, Any] = {}
+        if demo:
+            settings, simulators = await _start_demo_upstreams(settings, stack)
+        manager = build_manager(settings)
+        stack.push_async_callback(_bounded, "concurrency manager", manager.aclose)
+        store = Store(settings.store.url)
+        await store.open()
+        stack.push_async_callback(_bounded, "store", store.close)
+        agent = Agent(settings, manager, openai_client=openai_client)
+        stack.push_async_callback(_bounded, "agent", agent.aclose)
+        await agent.start()
+        server = settings.server
+        conversations = Conversations(
+            agent,
+            store,
+            max_active=server.max_active_conversations,
+            max_queued=server.max_queued,
+        )
+        stack.push_async_callback(_bounded, "conversations", conversations.aclose)
+        livia = Livia(
+            settings=settings,
+            manager=manager,
+            agent=agent,
+            store=store,
+            conversations=conversations,
+            demo=demo,
+            notice=DEMO_NOTICE if demo else None,
+            simulators=simulators,
+        )
+        if settings.slack.mode != "off":
+            from livia.channels.slack import SlackChannel
+
+            # Built before the inbox is recovered: it registers Slack's ReplyDelivery.
+            livia.slack = SlackChannel(settings, conversations, manager, store=store)
+            stack.push_async_callback(_bounded, "slack", livia.slack.aclose)
+        await conversations.start()
+        if livia.slack is not None:
+            await livia.slack.start()
+        log.info(
+            "Livia %s ready: model=%s at %s, tools=%s, slack=%s, store=%s",
+            __version__,
+            settings.llm.model,
+            settings.llm.base_url or "OpenAI",
+            ", ".join(agent.tools) or "none",
+            settings.slack.mode,
+            store.path,
+        )
+        yield livia
+        log.info("Livia stopping")
+
+
+def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -> FastAPI:
+    """The FastAPI app: chat API, web chat, monitoring, Slack events; Livia runs in its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with run_livia(settings, openai_client=openai_client) as livia:
+            if livia.slack is not None and livia.settings.slack.mode == "http":
+                app.include_router(livia.slack.router)
+            app.state.livia = livia
+            try:
+                yield
+            finally:
+                app.state.livia = None
+
+    app = FastAPI(
+        title="Livia",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.livia = None
+    install_error_handling(app)
+    app.include_router(api_router())
+    app.include_router(web_router())
+    app.include_router(monitoring_router())
+    return app

@@ -1,0 +1,422 @@
+"""The HTTP channel: `POST /v1/chat` (JSON or server-sent events), history, health, errors.
+
+Every error a client sees is JSON ``{"error": {"type", "message"}}`` with a fitting
+status; a stack trace never leaves the process (it is logged instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from livia import __version__
+from livia.agent.events import TurnDone, TurnEvent
+from livia.conversations import (
+    Busy,
+    ConversationError,
+    IncomingMessage,
+    MessageIdConflict,
+    NotRunning,
+    Reply,
+    Ticket,
+    UnknownConversation,
+)
+from livia.monitoring.auth import unauthorized
+from livia.store import StoreError
+
+if TYPE_CHECKING:
+    from livia.app import Livia
+
+log = logging.getLogger(__name__)
+
+#: Room in a request body for the ids and JSON escaping, beyond the text itself.
+_BODY_SLACK = 64 * 1024
+#: Seconds between keep-alive comments on an event stream.
+_PING_SECONDS = 15
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, rendered as ``{"error": {"type", "message"}}``."""
+
+    def __init__(
+        self, status: int, type_: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        """The JSON response for this error."""
+        return error_response(self.status, self.type, self.message, self.headers)
+
+
+def error_response(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape every endpoint uses."""
+    return JSONResponse(
+        {"error": {"type": type_, "message": message}}, status_code=status, headers=headers
+    )
+
+
+class ChatRequest(BaseModel):
+    """The body of `POST /v1/chat`."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    conversation_id: str = Field(min_length=1, max_length=256)
+    user_id: str = Field(min_length=1, max_length=256)
+    text: str
+    message_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be empty")
+        return value
+
+
+def _state(request: Request) -> Livia:
+    livia: Livia | None = getattr(request.app.state, "livia", None)
+    if livia is None:
+        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
+    return livia
+
+
+def _reply_json(reply: Reply) -> dict[str, Any]:
+    return {
+        "conversation_id": reply.conversation_id,
+        "message_id": reply.message_id,
+        "reply": reply.text,
+        "error": reply.error,
+        "duplicate": reply.duplicate,
+    }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) to read more than `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
+    return bytes(body)
+
+
+def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    try:
+        req = ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _describe(exc)) from None
+    size = len(req.text.encode("utf-8"))
+    if size > max_text_bytes:
+        raise ApiError(
+            413,
+            "text_too_large",
+            f"text is {size} bytes; the limit is {max_text_bytes} ([server] max_text_bytes)",
+        )
+    return req
+
+
+def _describe(exc: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts) or "invalid request"
+
+
+def api_router() -> APIRouter:
+    """The chat API and health endpoints; they read `request.app.state.livia` per request."""
+    router = APIRouter()
+
+    @router.post("/v1/chat", summary="Send a message; get the reply (JSON or event stream)")
+    async def chat(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        livia = _state(request)
+        limit = livia.settings.server.max_text_bytes
+        req = _parse_chat(await _read_body(request, limit * 6 + _BODY_SLACK), limit)
+        msg = IncomingMessage(
+            conversation_id=req.conversation_id,
+            user_id=req.user_id,
+            text=req.text,
+            message_id=req.message_id or uuid.uuid4().hex,
+            channel="http",
+        )
+        stream = "text/event-stream" in request.headers.get("accept", "")
+        log.info(
+            "http message conversation_id=%s message_id=%s user_id=%s bytes=%d stream=%s",
+            msg.conversation_id,
+            msg.message_id,
+            msg.user_id,
+            len(msg.text.encode()),
+            stream,
+        )
+        if stream:
+            queue: asyncio.Queue[TurnEvent] = asyncio.Queue(maxsize=1024)
+            ticket = await livia.conversations.accept(msg, on_event=queue.put)
+            return EventSourceResponse(_events(ticket, queue), ping=_PING_SECONDS)
+        ticket = await livia.conversations.accept(msg)
+        try:
+            reply = await ticket.wait()
+        except TimeoutError:
+            raise _still_working(msg) from None
+        log.info(
+            "http reply conversation_id=%s message_id=%s duplicate=%s error=%s",
+            reply.conversation_id,
+            reply.message_id,
+            reply.duplicate,
+            reply.error,
+        )
+        return JSONResponse(_reply_json(reply))
+
+    @router.get("/v1/conversations/{conversation_id}", summary="A conversation's history")
+    async def conversation(conversation_id: str, request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        turns = await _state(request).conversations.turns(conversation_id)
+        messages: list[dict[str, Any]] = []
+        for turn in turns:
+            messages.append(
+                {
+                    "role": "user",
+                    "content": turn.text,
+                    "message_id": turn.message_id,
+                    "user_id": turn.user_id,
+                }
+            )
+            if turn.done:
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": turn.reply or "",
+                        "message_id": turn.message_id,
+                        "error": turn.error,
+                    }
+                )
+        pending = sum(not t.done for t in turns)
+        return JSONResponse(
+            {"conversation_id": conversation_id, "messages": messages, "pending": pending}
+        )
+
+    @router.get("/v1/info", summary="What this Livia runs on")
+    async def info(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        livia = _state(request)
+        return JSONResponse(
+            {
+                "version": __version__,
+                "demo": livia.demo,
+                "notice": livia.notice,
+                "model": livia.settings.llm.model,
+                "tools": list(livia.agent.tools),
+                "slack": livia.settings.slack.mode,
+            }
+        )
+
+    @router.get("/healthz", summary="Liveness (open, no token)")
+    async def healthz(request: Request) -> Response:
+        livia: Livia | None = getattr(request.app.state, "livia", None)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "demo": bool(livia and livia.demo),
+                "notice": livia.notice if livia else None,
+            }
+        )
+
+    @router.get("/readyz", summary="Readiness: the store is open and messages are answered")
+    async def readyz(request: Request) -> Response:
+        livia: Livia | None = getattr(request.app.state, "livia", None)
+        checks = {
+            "store": bool(livia and livia.store.is_open),
+            "conversations": bool(livia and livia.conversations.running),
+        }
+        if all(checks.values()):
+            return JSONResponse({"ready": True, "checks": checks})
+        failing = ", ".join(name for name, ok in checks.items() if not ok)
+        return JSONResponse(
+            {
+                "ready": False,
+                "checks": checks,
+                "error": {"type": "not_ready", "message": f"not ready: {failing}"},
+            },
+            status_code=503,
+        )
+
+    return router
+
+
+def _still_working(msg: IncomingMessage) -> ApiError:
+    return ApiError(
+        504,
+        "timeout",
+        "the reply is taking too long; it will be in the conversation's history: "
+        f"GET /v1/conversations/{msg.conversation_id}",
+    )
+
+
+def _event_json(event: TurnEvent) -> str:
+    data = dataclasses.asdict(event)
+    data.pop("kind", None)
+    return json.dumps(data)
+
+
+async def _events(
+    ticket: Ticket, queue: asyncio.Queue[TurnEvent]
+) -> AsyncIterator[ServerSentEvent]:
+    """The turn's events as SSE, then ``done`` with the stored reply (or ``error``)."""
+    names = {"text": "delta", "tool_started": "tool_started", "tool_finished": "tool_finished"}
+    reply_task = asyncio.ensure_future(ticket.wait())
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, reply_task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            event = getter.result()
+            if not isinstance(event, TurnDone):  # `done` comes from the stored reply
+                yield ServerSentEvent(_event_json(event), event=names[event.kind])
+        while not queue.empty():
+            event = queue.get_nowait()
+            if not isinstance(event, TurnDone):
+                yield ServerSentEvent(_event_json(event), event=names[event.kind])
+        try:
+            reply = reply_task.result()
+        except TimeoutError:
+            err = _still_working(ticket.message)
+            yield ServerSentEvent(
+                json.dumps({"type": err.type, "message": err.message}), event="error"
+            )
+            return
+        except ConversationError as exc:
+            payload = {"type": type(exc).__name__, "message": str(exc)}
+            yield ServerSentEvent(json.dumps(payload), event="error")
+            return
+        yield ServerSentEvent(json.dumps(_reply_json(reply)), event="done")
+    finally:
+        if not reply_task.done():
+            reply_task.cancel()
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def _conversation_error(exc: ConversationError) -> ApiError:
+    if isinstance(exc, Busy):
+        retry = str(max(1, round(exc.retry_after)))
+        return ApiError(503, "busy", str(exc), {"Retry-After": retry})
+    if isinstance(exc, NotRunning):
+        return ApiError(503, "not_running", str(exc), {"Retry-After": "5"})
+    if isinstance(exc, UnknownConversation):
+        return ApiError(404, "unknown_conversation", str(exc))
+    if isinstance(exc, MessageIdConflict):
+        return ApiError(409, "message_id_conflict", str(exc))
+    return ApiError(400, "conversation_error", str(exc))
+
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def install_error_handling(app: FastAPI) -> None:
+    """Map every failure to the JSON error shape; unexpected ones to a logged 500."""
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def on_conversation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ConversationError)
+        return _conversation_error(exc).response()
+
+    async def on_store_error(request: Request, exc: Exception) -> Response:
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "storage_unavailable", "the message store is unavailable; please retry shortly"
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        type_ = _STATUS_TYPES.get(status, "http_error")
+        return error_response(status, type_, message, dict(exc.headers or {}))
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, "invalid_request", _describe(exc))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(ConversationError, on_conversation_error)
+    app.add_exception_handler(StoreError, on_store_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_middleware(CatchAll)
+
+
+class CatchAll:
+    """ASGI middleware: an unexpected exception becomes a JSON 500; its trace goes to the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = error_response(
+                    500, "internal_error", "internal error; it has been logged"
+                )
+                await response(scope, receive, send)
