@@ -15,11 +15,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 from aiohttp import web
+from mcp.server.mcpserver import MCPServer
 
-from livia.agent import Agent, TextDelta, ToolFinished, ToolStarted, TurnDone, TurnEvent
+from livia.agent import (
+    Agent,
+    TextDelta,
+    Toolbox,
+    ToolFinished,
+    ToolStarted,
+    TurnDone,
+    TurnEvent,
+)
 from livia.concurrency import ApiPolicy, ConcurrencyManager
 from livia.config import LlmConfig, McpConfig, McpServerConfig, Settings
 from livia.conversations.types import ChatMessage
@@ -162,11 +174,106 @@ async def test_a_stdio_server_from_pypi_answers_through_the_agent() -> None:
     assert '"timezone": "Europe/Paris"' in done.text and '"datetime":' in done.text
 
 
+async def test_http_servers_get_their_configured_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`headers` (with `${ENV}` references, e.g. a Zapier token) reach the MCP server."""
+    monkeypatch.setenv("LIVIA_TEST_MCP_TOKEN", "s3cret")
+    mcp = MCPServer("echo")
+
+    @mcp.tool()
+    async def ping() -> str:
+        """Answer pong."""
+        return "pong"
+
+    inner = mcp.streamable_http_app()
+    seen: set[bytes | None] = set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.add(dict(scope["headers"]).get(b"authorization"))
+        await inner(scope, receive, send)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started, timeout=10)
+        config = McpServerConfig(
+            name="echo",
+            url=f"http://127.0.0.1:{port}/mcp",
+            headers={"Authorization": "Bearer ${LIVIA_TEST_MCP_TOKEN}"},
+        )
+        manager = ConcurrencyManager(policies())
+        toolbox = Toolbox(McpConfig(servers=[config]), manager)
+        await toolbox.start(wait=5)
+        try:
+            outcome = await toolbox.call("echo__ping", {}, key="user-1")
+        finally:
+            await toolbox.aclose()
+            await manager.aclose()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=10)
+    assert outcome.ok and outcome.text == "pong" and outcome.tool == "echo.ping"
+    assert seen == {b"Bearer s3cret"}
+
+
+CRASHY_SERVER = """
+import os
+from mcp.server.mcpserver import MCPServer
+
+mcp = MCPServer("crashy")
+
+
+@mcp.tool()
+async def crash() -> str:
+    \"\"\"Exit the server process in the middle of the call.\"\"\"
+    os._exit(1)
+
+
+@mcp.tool()
+async def ping() -> str:
+    \"\"\"Answer pong.\"\"\"
+    return "pong"
+
+
+mcp.run()
+"""
+
+
+async def test_a_stdio_server_that_dies_mid_call_fails_it_and_is_restarted(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "crashy.py"
+    script.write_text(CRASHY_SERVER)
+    config = McpServerConfig(
+        name="crashy", command=sys.executable, args=[str(script)], api="local", timeout=15.0
+    )
+    manager = ConcurrencyManager(policies())
+    toolbox = Toolbox(McpConfig(servers=[config], reconnect_interval=0.2), manager)
+    await toolbox.start(wait=20)
+    try:
+        assert toolbox.tools == ["crashy.crash", "crashy.ping"]
+        began = time.monotonic()
+        crashed = await toolbox.call("crashy__crash", {}, key="user-1")
+        elapsed = time.monotonic() - began
+        # The supervisor starts a new process; the next call finds it.
+        await wait_until(lambda: toolbox.status()["crashy"]["connects"] == 2, timeout=20)
+        pong = await toolbox.call("crashy__ping", {}, key="user-1")
+    finally:
+        await toolbox.aclose()
+        await manager.aclose()
+    assert not crashed.ok and "failed" in crashed.summary
+    assert elapsed < 5  # at once, not after the 15 s timeout
+    assert pong.ok and pong.text == "pong"
+
+
 # --- concurrency: the manager bounds the tool upstream --------------------------------------
 
 
 async def test_six_turns_share_three_tool_slots_in_two_rounds() -> None:
-    latency = 0.8
+    latency = 1.0
     async with (
         SimOpenAI(SimOpenAIConfig(latency=0.02)) as model,
         SimMcp(SimMcpConfig(latency=latency, max_concurrent=3)) as tools,

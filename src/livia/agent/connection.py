@@ -7,7 +7,8 @@ Invariants:
   and whose failures cancel that task — never a turn);
 * while the server is down its tools are not offered; the supervisor retries every
   `reconnect_interval` seconds and the tools come back when it answers again;
-* a session found dropped (closed connection, terminated session) is replaced at once;
+* a session found dropped (by a failed call, or by the periodic tool listing that doubles
+  as a liveness check) is replaced at once;
 * every MCP request (handshake, listing, tool call) is bounded by the server's `timeout`.
 """
 
@@ -29,7 +30,6 @@ import mcp_types
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from livia.agent.failures import describe
@@ -60,6 +60,8 @@ def is_session_lost(exc: BaseException) -> bool:
     """Whether a failed request means the session itself is gone (so reconnect)."""
     if isinstance(exc, MCPError):
         return exc.code == mcp_types.CONNECTION_CLOSED or _never_ran(exc)
+    if isinstance(exc, TimeoutError):  # an OSError, but a slow answer is not a lost session
+        return False
     return isinstance(
         exc, OSError | httpx2.TransportError | anyio.ClosedResourceError | anyio.BrokenResourceError
     )
@@ -237,7 +239,36 @@ class ServerConnection:
                 len(tools),
                 ", ".join(t.name for t in tools),
             )
-            await self._wake.wait()
+            await self._watch(client)
+
+    async def _watch(self, client: Client) -> None:
+        """Serve until woken; every `reconnect_interval` s re-list the tools as a liveness check.
+
+        The listing finds a session that died quietly (a stdio server that exited, an HTTP
+        server that went away) before a user's call does, and picks up changed tool lists.
+        It goes around the manager: listing does not count against the upstream's limits.
+        """
+        while not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.reconnect_interval):
+                    await self._wake.wait()
+            if self._wake.is_set():
+                return
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    tools = await _list_tools(client)
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) or is_session_lost(exc):
+                    raise  # the session is gone: the supervisor reconnects
+                log.warning("mcp server %s: listing tools failed: %s", self.name, describe(exc))
+                continue
+            if tools != self.tools and self.state == "connected":
+                log.info(
+                    "mcp server %s: tools changed: %s",
+                    self.name,
+                    ", ".join(t.name for t in tools) or "none",
+                )
+                self.tools = tools
 
     def _set_down(self) -> None:
         if self.state != "closed":
@@ -262,9 +293,9 @@ class ServerConnection:
 @asynccontextmanager
 async def _http_transport(url: str, headers: dict[str, str], timeout: float) -> AsyncIterator[Any]:
     """Streamable HTTP with our headers and timeouts; closes the HTTP client it creates."""
-    http = create_mcp_http_client(
-        headers=headers or None,
-        timeout=httpx2.Timeout(timeout, read=max(timeout, 300.0)),
+    # Reads may idle on the server's event stream; each request has its own bound anyway.
+    http = httpx2.AsyncClient(
+        headers=headers or None, timeout=httpx2.Timeout(timeout, read=max(timeout, 300.0))
     )
     async with http, streamable_http_client(url, http_client=http) as streams:
         yield streams
