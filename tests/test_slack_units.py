@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from livia.agent.events import TextDelta, ToolFinished, ToolStarted
-from livia.channels.slack.api import SlackApi, new_web_client
+from livia.channels.slack.api import SlackApi, error_code, new_web_client
 from livia.channels.slack.handling import (
     SlackMessage,
     Target,
@@ -246,6 +247,21 @@ async def slack_api() -> AsyncIterator[tuple[SimSlack, SlackApi]]:
 
 
 TARGET = Target(team="T0SIM", channel="C1", thread_ts="100.000001", user="U1")
+
+
+async def test_slack_errors_reach_the_manager_in_a_form_it_classifies(
+    slack_api: tuple[SimSlack, SlackApi],
+) -> None:
+    sim, api = slack_api
+    sim.fail("chat.postMessage", "internal_error", status=503)
+    resp = await api.call("chat.postMessage", channel="C1", text="hi")  # retried after 503
+    assert resp["ok"]
+    assert [c.status for c in sim.calls_to("chat.postMessage")] == [503, 200]
+    sim.fail("chat.postMessage", "channel_not_found")  # a plain refusal: not retried
+    with pytest.raises(SlackApiError) as caught:
+        await api.call("chat.postMessage", channel="C404", text="hi")
+    assert error_code(caught.value) == "channel_not_found"
+    assert len(sim.calls_to("chat.postMessage")) == 3
 
 
 async def test_stream_shows_tool_progress_and_the_whole_reply(

@@ -372,66 +372,14 @@ class SlackChannel:
 
     async def _handle(self, msg: SlackMessage) -> Reply | None:
         me = await self.whoami()
-        if msg.event_id and not await self._memory.first_sighting(f"event:{msg.event_id}"):
-            log.info("slack duplicate event ignored: event=%s", msg.event_id)
+        # One conversation's events are taken in arrival order: the lock is requested
+        # before anything can suspend, so a follow-up is only judged after the mention
+        # before it was recorded and accepted.
+        async with self._in_order.hold(msg.conversation_id, timeout=self._turn_timeout):
+            taken = await self._take(msg, me)
+        if taken is None:
             return None
-        known = msg.in_thread and await self._memory.knows_thread(msg.conversation_id)
-        reason = ignore_reason(
-            msg,
-            bot_user_id=me.user_id,
-            thread_known=known,
-            allowed_channels=self._allowed_channels,
-            allowed_users=self._allowed_users,
-        )
-        if reason is not None:
-            log.debug(
-                "slack event ignored: event=%s channel=%s thread=%s reason=%s",
-                msg.event_id,
-                msg.channel,
-                msg.thread_root,
-                reason,
-            )
-            return None
-        if not await self._memory.first_sighting(f"msg:{msg.team}:{msg.message_id}"):
-            # The same message as an `app_mention` and a `message` event, or a retry.
-            log.info(
-                "slack duplicate message ignored: event=%s message=%s", msg.event_id, msg.message_id
-            )
-            return None
-        log.info(
-            "slack message accepted: event=%s channel=%s thread=%s user=%s",
-            msg.event_id,
-            msg.channel,
-            msg.thread_root,
-            msg.user,
-        )
-        await self._memory.remember_thread(msg.conversation_id)
-        stream = ReplyStream(
-            self.api, msg.target, self.capabilities, min_interval=self._min_update_interval
-        )
-        try:
-            # Messages of one thread are accepted in the order they arrived.
-            async with self._in_order.hold(msg.conversation_id, timeout=self._turn_timeout):
-                await stream.begin()
-                history = await self._thread_history(msg, me) if msg.in_thread and not known else []
-                incoming = to_incoming(msg, bot_user_id=me.user_id, history=history)
-                ticket: Ticket = await self._conversations.accept(
-                    incoming, on_event=stream.on_event
-                )
-        except (ConversationError, TimeoutError) as exc:
-            log.warning(
-                "slack message refused: event=%s channel=%s thread=%s error=%s",
-                msg.event_id,
-                msg.channel,
-                msg.thread_root,
-                exc,
-            )
-            await stream.finish(_apology(exc), error=type(exc).__name__)
-            return None
-        if ticket.duplicate:
-            log.info("slack reply already given: event=%s message=%s", msg.event_id, msg.message_id)
-            await stream.abandon()
-            return None
+        ticket, stream = taken
         try:
             reply = await ticket.wait(timeout=self._turn_timeout)
         except NotRunning:
@@ -452,6 +400,76 @@ class SlackChannel:
             return None
         await stream.finish(reply.text, reply.error)
         return reply
+
+    async def _take(
+        self, msg: SlackMessage, me: SlackIdentity
+    ) -> tuple[Ticket, ReplyStream] | None:
+        """Decide, deduplicate, show progress and hand the message to the conversations."""
+
+        def why_not(thread_known: bool) -> str | None:
+            return ignore_reason(
+                msg,
+                bot_user_id=me.user_id,
+                thread_known=thread_known,
+                allowed_channels=self._allowed_channels,
+                allowed_users=self._allowed_users,
+            )
+
+        # Cheap checks first: most channel traffic is not for Livia and costs no lookup.
+        reason = why_not(True)
+        known = False
+        if reason is None and msg.in_thread:
+            known = await self._memory.knows_thread(msg.conversation_id)
+            reason = why_not(known)
+        if reason is not None:
+            log.debug(
+                "slack event ignored: event=%s channel=%s thread=%s reason=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+                reason,
+            )
+            return None
+        if msg.event_id and not await self._memory.first_sighting(f"event:{msg.event_id}"):
+            log.info("slack duplicate event ignored: event=%s", msg.event_id)
+            return None
+        if not await self._memory.first_sighting(f"msg:{msg.team}:{msg.message_id}"):
+            # The same message as an `app_mention` and a `message` event, or a retry.
+            log.info(
+                "slack duplicate message ignored: event=%s message=%s", msg.event_id, msg.message_id
+            )
+            return None
+        log.info(
+            "slack message accepted: event=%s channel=%s thread=%s user=%s",
+            msg.event_id,
+            msg.channel,
+            msg.thread_root,
+            msg.user,
+        )
+        await self._memory.remember_thread(msg.conversation_id)
+        stream = ReplyStream(
+            self.api, msg.target, self.capabilities, min_interval=self._min_update_interval
+        )
+        await stream.begin()
+        try:
+            history = await self._thread_history(msg, me) if msg.in_thread and not known else []
+            incoming = to_incoming(msg, bot_user_id=me.user_id, history=history)
+            ticket = await self._conversations.accept(incoming, on_event=stream.on_event)
+        except ConversationError as exc:
+            log.warning(
+                "slack message refused: event=%s channel=%s thread=%s error=%s",
+                msg.event_id,
+                msg.channel,
+                msg.thread_root,
+                exc,
+            )
+            await stream.finish(_apology(exc), error=type(exc).__name__)
+            return None
+        if ticket.duplicate:
+            log.info("slack reply already given: event=%s message=%s", msg.event_id, msg.message_id)
+            await stream.abandon()
+            return None
+        return ticket, stream
 
     async def _thread_history(self, msg: SlackMessage, me: SlackIdentity) -> list[dict[str, str]]:
         """The thread so far, read once (a thread Livia has not seen), capped to a budget."""
