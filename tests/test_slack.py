@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from livia.agent import Agent
 from livia.agent.events import TextDelta, TurnDone, TurnEvent
-from livia.channels.slack import SlackChannel
+from livia.channels.slack import SlackChannel, SlackSetupError
 from livia.concurrency import ConcurrencyManager
 from livia.config import Settings
 from livia.conversations import ChatMessage, Conversations, Responder
@@ -162,6 +162,7 @@ async def slack_rig(
     settings: Settings | None = None,
     agent: bool = False,
     min_update_interval: float = 1.0,
+    max_queued: int = 1000,
     **slack: Any,
 ) -> AsyncIterator[Rig]:
     """Start everything; `agent=True` answers with the real agent (`settings.llm`)."""
@@ -182,7 +183,7 @@ async def slack_rig(
         await responder.start()
     else:
         responder = ScriptedResponder(manager)
-    conversations = Conversations(responder, store)
+    conversations = Conversations(responder, store, max_queued=max_queued)
     channel = SlackChannel(
         settings, conversations, manager, store=store, min_update_interval=min_update_interval
     )
@@ -433,6 +434,15 @@ async def test_without_stream_methods_the_answer_is_posted_then_updated(tmp_path
         assert len(rig.sim.calls_to("chat.startStream")) == 1
 
 
+async def test_a_busy_livia_says_so_in_the_thread(tmp_path: Path) -> None:
+    async with slack_rig(tmp_path, max_queued=0) as rig:
+        ts = await rig.mention("C1", "U1", "are you there?")
+        [reply] = await rig.replies("C1", ts)
+        assert reply.text.startswith("Sorry, I can't take this message right now: Livia is busy")
+        assert "retry in" in reply.text
+        assert rig.responder.calls == []
+
+
 async def test_slack_rate_limit_is_retried_by_the_manager(tmp_path: Path) -> None:
     async with slack_rig(tmp_path) as rig:
         rig.sim.fail("chat.stopStream", "ratelimited", retry_after=1)
@@ -648,4 +658,39 @@ async def test_the_app_serves_slack_events_when_mode_is_http(tmp_path: Path) -> 
                 forged = await sim.post_event(f"{base}/slack/events", mention, signing_secret="x")
                 assert forged[0] == 401
     finally:
+        await sim.stop()
+
+
+async def test_start_fails_fast_and_says_which_token_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = SimSlack(signing_secret=SIGNING_SECRET, bot_token=BOT_TOKEN, app_token=APP_TOKEN)
+    api_url = await sim.start()
+    manager = ConcurrencyManager()
+
+    async def start(mode: str) -> None:
+        settings = make_settings(tmp_path, slack={"mode": mode, "api_url": api_url})
+        async with Store(settings.store.url) as store:
+            channel = SlackChannel(
+                settings, Conversations(ScriptedResponder(manager), store), manager
+            )
+            try:
+                await channel.start()
+            finally:
+                await channel.aclose()
+
+    try:
+        monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-not-the-token")
+        began = time.monotonic()
+        with pytest.raises(SlackSetupError, match="SLACK_APP_TOKEN"):
+            await start("socket")
+        assert time.monotonic() - began < 5.0  # no reconnect loop until a timeout
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-not-the-token")
+        with pytest.raises(SlackSetupError, match=r"invalid_auth.*SLACK_BOT_TOKEN"):
+            await start("http")
+        monkeypatch.delenv("SLACK_SIGNING_SECRET")
+        with pytest.raises(SlackSetupError, match="SLACK_SIGNING_SECRET"):
+            await start("http")
+    finally:
+        await manager.aclose()
         await sim.stop()

@@ -256,6 +256,11 @@ class SlackChannel:
                         f"Slack refused the bot token ({error_code(exc) or exc}): "
                         "check SLACK_BOT_TOKEN"
                     ) from None
+                except Exception as exc:
+                    raise SlackSetupError(
+                        f"could not reach the Slack Web API at {self.config.api_url} "
+                        f"({type(exc).__name__}: {exc}); check the network and [slack] api_url"
+                    ) from None
                 self._identity = SlackIdentity(
                     team_id=str(resp.get("team_id") or ""),
                     user_id=str(resp.get("user_id") or ""),
@@ -285,8 +290,11 @@ class SlackChannel:
             self._socket = SocketModeHandler(self.app, self.api, self._app_token)
             try:
                 async with asyncio.timeout(self._connect_timeout):
+                    # Ask for the URL here first: a refused app token fails at once,
+                    # instead of in slack_sdk's reconnect loop.
+                    self._socket.client.wss_uri = await self._socket.client.issue_new_wss_url()
                     await self._socket.connect_async()
-            except (TimeoutError, SlackApiError) as exc:
+            except Exception as exc:
                 with contextlib.suppress(Exception):
                     await self._socket.close_async()
                 self._socket = None
@@ -382,6 +390,9 @@ class SlackChannel:
         ticket, stream = taken
         try:
             reply = await ticket.wait(timeout=self._turn_timeout)
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
         except NotRunning:
             # Shutting down: the message stays in the inbox and is answered after the
             # restart (through `SlackDelivery`), so take the progress away instead.
@@ -455,13 +466,17 @@ class SlackChannel:
             history = await self._thread_history(msg, me) if msg.in_thread and not known else []
             incoming = to_incoming(msg, bot_user_id=me.user_id, history=history)
             ticket = await self._conversations.accept(incoming, on_event=stream.on_event)
-        except ConversationError as exc:
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        except Exception as exc:  # refused (busy, not running) or the store failed
             log.warning(
                 "slack message refused: event=%s channel=%s thread=%s error=%s",
                 msg.event_id,
                 msg.channel,
                 msg.thread_root,
                 exc,
+                exc_info=not isinstance(exc, ConversationError),
             )
             await stream.finish(_apology(exc), error=type(exc).__name__)
             return None
@@ -506,20 +521,9 @@ LATE = "This is taking longer than usual. I'll post the answer in this thread wh
 
 def _apology(exc: BaseException) -> str:
     """What the user reads when the message could not be taken on."""
-    if isinstance(exc, ConversationError):
+    if isinstance(exc, ConversationError):  # says what happened and when to retry
         return f"Sorry, I can't take this message right now: {exc}."
-    retry_after = getattr(exc, "retry_after", None)
-    if isinstance(retry_after, int | float) and retry_after > 0:
-        return (
-            "Sorry, I'm out of capacity right now and couldn't answer. "
-            f"Please try again in about {max(1, round(retry_after))} s."
-        )
-    if isinstance(exc, TimeoutError):
-        return (
-            "Sorry, that took too long and I gave up. "
-            "Please try again, perhaps with a simpler request."
-        )
     return (
-        "Sorry, something went wrong on my side and I couldn't answer. "
+        "Sorry, something went wrong on my side and I couldn't take this message. "
         "Please try again in a minute."
     )

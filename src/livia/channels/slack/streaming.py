@@ -226,6 +226,11 @@ class ReplyStream:
                 self._target.thread_ts,
             )
 
+    def cancel(self) -> None:
+        """Stop the pump at once, without a Slack call (the handler itself is cancelled)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def abandon(self) -> None:
         """Stop without a reply (the message was a duplicate): remove the progress shown."""
         if self._task is not None:
