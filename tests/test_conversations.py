@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,45 @@ from livia.conversations import (
     UnknownConversation,
 )
 from livia.store import Store
-from tests.conftest import EchoResponder
+
+
+@dataclass
+class EchoResponder:
+    """Answers ``echo: <text>`` after `delay` s (and after `gate` opens), recording each call.
+
+    The dispatcher's input, not a mock of Livia's code. `fail_on` texts raise inside the
+    turn, to exercise the apology path.
+    """
+
+    delay: float = 0.0
+    gate: asyncio.Event | None = None
+    fail_on: frozenset[str] = frozenset()
+    calls: list[tuple[str, str, list[ChatMessage]]] = field(default_factory=list)
+    active: int = 0
+    peak: int = 0
+
+    async def respond(
+        self, history: Sequence[ChatMessage], text: str, *, key: str
+    ) -> AsyncIterator[TurnEvent]:
+        self.calls.append((key, text, list(history)))
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if text in self.fail_on:
+                raise RuntimeError("the responder broke")
+            yield TextDelta("echo: ")
+            yield TextDelta(text)
+            yield TurnDone(f"echo: {text}")
+        finally:
+            self.active -= 1
+
+    def texts(self) -> list[str]:
+        """The texts the responder was asked about, in call order."""
+        return [text for _, text, _ in self.calls]
 
 
 def _msg(cid: str, mid: str, text: str | None = None, user: str = "u1") -> IncomingMessage:
@@ -188,6 +227,23 @@ async def test_turn_timeout_is_an_apology(store: Store) -> None:
     reply = await conv.submit(_msg("c", "m"))
     assert reply.error == "timeout"
     await conv.aclose()
+
+
+async def test_graceful_close_lets_the_turn_in_progress_finish(store: Store) -> None:
+    responder = EchoResponder(delay=0.2)
+    conv = await _started(responder, store, max_active=1)
+    first = await conv.accept(_msg("c", "1"))
+    second = await conv.accept(_msg("c", "2"))
+    for _ in range(100):
+        if responder.active:
+            break
+        await asyncio.sleep(0.01)
+    await conv.aclose(grace=5)
+    assert (await first.wait()).text == "echo: c/1"
+    with pytest.raises(NotRunning):
+        await second.wait()
+    assert responder.texts() == ["c/1"]
+    assert [t.message_id for t in await store.pending()] == ["2"]  # kept for the next start
 
 
 class _Recorder:

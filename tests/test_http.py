@@ -16,8 +16,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import RunningLivia
-
 
 def _chat(cid: str = "c1", text: str = "tell me about gardening", **extra: Any) -> dict[str, Any]:
     return {"conversation_id": cid, "user_id": "alice", "text": text, **extra}
@@ -57,7 +55,7 @@ async def _sse(client: httpx.AsyncClient, body: dict[str, Any]) -> list[tuple[st
 
 
 async def test_chat_reply_history_and_duplicate(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(latency=0.05)
+    srv = await livia_server(latency=0.05)
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         first = (await client.post("/v1/chat", json=_chat())).json()
         assert first["conversation_id"] == "c1" and first["message_id"]  # generated
@@ -88,21 +86,35 @@ async def test_chat_reply_history_and_duplicate(livia_server: Any) -> None:
 
 
 async def test_streamed_reply(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(latency=0.2)
+    srv = await livia_server(latency=0.2)
+    cid = "T1/C9:1700.01"  # Slack-like ids, slashes included, are fine
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
-        events = await _sse(client, _chat(text="explain compost", message_id="s1"))
+        events = await _sse(client, _chat(cid, text="explain compost", message_id="s1"))
         names = [name for name, _ in events]
         assert names.count("delta") > 3 and names[-1] == "done"
         done = events[-1][1]
         assert done["reply"] == "".join(data["text"] for name, data in events if name == "delta")
         assert (done["message_id"], done["duplicate"], done["error"]) == ("s1", False, None)
         # a streamed repeat gets the stored reply at once, marked duplicate
-        repeat = await _sse(client, _chat(text="explain compost", message_id="s1"))
+        repeat = await _sse(client, _chat(cid, text="explain compost", message_id="s1"))
         assert repeat == [("done", {**done, "duplicate": True})]
+        history = (await client.get(f"/v1/conversations/{cid}")).json()
+        assert history["messages"][-1]["content"] == done["reply"]
+
+
+async def test_stream_ends_with_an_error_event_on_shutdown(livia_server: Any) -> None:
+    srv = await livia_server(latency=5)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+        stream = asyncio.create_task(_sse(client, _chat(text="slow one")))
+        await _until(lambda: srv.sim.stats.requests == 1)
+        await srv.livia.conversations.aclose()
+        events = await stream
+    assert events[-1][0] == "error" and events[-1][1]["type"] == "not_running"
+    assert "answered on restart" in events[-1][1]["message"]
 
 
 async def test_health_readiness_and_info(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server()
+    srv = await livia_server()
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         health = (await client.get("/healthz")).json()
         assert health["status"] == "ok" and health["demo"] is False
@@ -117,7 +129,7 @@ async def test_health_readiness_and_info(livia_server: Any) -> None:
 
 
 async def test_bad_inputs_get_their_status_and_a_json_error(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(server={"max_text_bytes": 1000})
+    srv = await livia_server(server={"max_text_bytes": 1000})
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         post = client.post
         _assert_error(await post("/v1/chat", content=b"{not json"), 400, "invalid_json")
@@ -138,7 +150,7 @@ async def test_bad_inputs_get_their_status_and_a_json_error(livia_server: Any) -
 
 
 async def test_token_guards_the_api_but_not_health(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(server={"api_token": "s3cret-token"})
+    srv = await livia_server(server={"api_token": "s3cret-token"})
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         _assert_error(await client.post("/v1/chat", json=_chat()), 401, "unauthorized")
         wrong = {"Authorization": "Bearer nope"}
@@ -157,26 +169,29 @@ async def test_token_guards_the_api_but_not_health(livia_server: Any) -> None:
 
 
 async def test_busy_is_503_with_retry_after(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(
-        latency=0.6, server={"max_active_conversations": 1, "max_queued": 1}
-    )
+    srv = await livia_server(latency=30, server={"max_active_conversations": 1, "max_queued": 1})
     conversations = srv.livia.conversations
-    async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
         running = asyncio.create_task(client.post("/v1/chat", json=_chat("a")))
         await _until(lambda: conversations.stats()["active"] == 1)
         queued = asyncio.create_task(client.post("/v1/chat", json=_chat("b")))
-        await _until(lambda: conversations.stats()["queued"] == 1)
+        await _until(lambda: conversations.stats()["accepted"] == 2)
         refused = await client.post("/v1/chat", json=_chat("c"))
         _assert_error(refused, 503, "busy")
         assert int(refused.headers["Retry-After"]) >= 1
-        assert [(await t).status_code for t in (running, queued)] == [200, 200]
-        assert conversations.stats()["rejected"] == 1
+        stats = conversations.stats()
+        assert (stats["rejected"], stats["active"], stats["queued"]) == (1, 1, 1)
+        # a stop answers the open requests at once: 503, kept for the next start
+        await conversations.aclose()
+        for task in (running, queued):
+            _assert_error(await task, 503, "not_running")
+    assert [t.status for t in await srv.livia.store.pending()] == ["pending", "pending"]
 
 
 async def test_internal_errors_are_json_without_a_trace(
     livia_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    srv: RunningLivia = await livia_server()
+    srv = await livia_server()
     app: FastAPI = srv.app
 
     async def boom() -> None:
@@ -194,7 +209,7 @@ async def test_internal_errors_are_json_without_a_trace(
 async def test_message_path_is_logged_with_its_ids(
     livia_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    srv: RunningLivia = await livia_server()
+    srv = await livia_server()
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         with caplog.at_level(logging.INFO, logger="livia"):
             await client.post("/v1/chat", json=_chat("conv-x", message_id="msg-y"))

@@ -9,8 +9,6 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import RunningLivia
-
 LATENCY = 1.5  # seconds per model call: generous against HTTP, SQLite and SDK overheads
 CONCURRENCY = 8
 CONVERSATIONS = 10
@@ -22,9 +20,7 @@ def _text(cid: str, k: int) -> str:
 
 
 async def test_forty_messages_in_ten_conversations(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(
-        latency=LATENCY, apis={"openai": {"max_concurrent": CONCURRENCY}}
-    )
+    srv = await livia_server(latency=LATENCY, apis={"openai": {"max_concurrent": CONCURRENCY}})
     cids = [f"conv{c}" for c in range(CONVERSATIONS)]
     bodies = [
         {"conversation_id": cid, "user_id": f"user-{cid}", "text": _text(cid, k)}
@@ -74,7 +70,7 @@ async def test_forty_messages_in_ten_conversations(livia_server: Any) -> None:
 
 
 async def test_model_429_and_5xx_bursts_are_absorbed(livia_server: Any) -> None:
-    srv: RunningLivia = await livia_server(
+    srv = await livia_server(
         latency=0.2,
         # the model takes 3 at once and fails 20 % of requests; Livia is told 8 (wrong)
         sim={"max_concurrent": 3, "fail_rate": 0.2, "seed": 7},

@@ -97,7 +97,16 @@ async def test_fresh_checkout_serves_the_demo(tmp_path: Path) -> None:
             assert "demo model" in resp.json()["reply"]
             tools = (await client.get("/v1/info")).json()["tools"]
             assert any(tool.startswith("zapier.") for tool in tools)
-        served.proc.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop
+            # Ctrl-C while a message is being answered: the turn may finish, then it stops
+            body = {"conversation_id": "d2", "user_id": "me", "text": "one more"}
+            in_flight = asyncio.create_task(client.post("/v1/chat", json=body))
+            deadline = time.monotonic() + 20
+            while (await client.get("/v1/conversations/d2")).status_code == 404:
+                assert time.monotonic() < deadline and not in_flight.done()
+                await asyncio.sleep(0.05)
+            served.proc.send_signal(signal.SIGINT)
+            last = await in_flight
+            assert last.status_code == 200 and last.json()["error"] is None
         assert served.proc.wait(timeout=20) in (0, 130)
     assert (tmp_path / "var" / "livia.db").exists()  # the default store, created on demand
     log = served.output()

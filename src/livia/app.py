@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds each part may take to stop before shutdown moves on.
 STOP_TIMEOUT = 15.0
+#: Seconds turns in progress get to finish when the server is asked to stop.
+DRAIN_GRACE = 5.0
 #: Simulated model latency in demo mode: slow enough to see concurrency, quick to chat.
 DEMO_MODEL_LATENCY = 1.0
 DEMO_TOOL_LATENCY = 0.5
@@ -174,6 +176,18 @@ async def run_livia(
         )
         yield livia
         log.info("Livia stopping")
+
+
+async def drain(app: FastAPI, grace: float = DRAIN_GRACE) -> None:
+    """Begin a graceful stop: refuse new messages (503), let turns in progress finish for
+    up to `grace` s, then answer every open request (503: kept, answered on restart).
+
+    A server calls this before it waits for open connections, so none is cut off.
+    """
+    livia: Livia | None = getattr(app.state, "livia", None)
+    if livia is not None:
+        log.info("draining: new messages are refused; %.0f s for turns in progress", grace)
+        await livia.conversations.aclose(grace=grace)
 
 
 def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -> FastAPI:

@@ -194,7 +194,7 @@ def api_router() -> APIRouter:
         )
         return JSONResponse(_reply_json(reply))
 
-    @router.get("/v1/conversations/{conversation_id}", summary="A conversation's history")
+    @router.get("/v1/conversations/{conversation_id:path}", summary="A conversation's history")
     async def conversation(conversation_id: str, request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
@@ -310,14 +310,13 @@ async def _events(
                 yield ServerSentEvent(_event_json(event), event=names[event.kind])
         try:
             reply = reply_task.result()
-        except TimeoutError:
-            err = _still_working(ticket.message)
-            yield ServerSentEvent(
-                json.dumps({"type": err.type, "message": err.message}), event="error"
+        except (TimeoutError, ConversationError) as exc:
+            err = (
+                _conversation_error(exc)
+                if isinstance(exc, ConversationError)
+                else _still_working(ticket.message)
             )
-            return
-        except ConversationError as exc:
-            payload = {"type": type(exc).__name__, "message": str(exc)}
+            payload = {"type": err.type, "message": err.message}
             yield ServerSentEvent(json.dumps(payload), event="error")
             return
         yield ServerSentEvent(json.dumps(_reply_json(reply)), event="done")

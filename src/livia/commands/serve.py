@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from livia.config import load_settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 log = logging.getLogger("livia.serve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that drains Livia's conversations before waiting for open connections."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        from livia.app import drain
+
+        await drain(self._app)
+        await super().shutdown(sockets=sockets)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     log.info("serving on http://%s:%d (stop with Ctrl-C)", host, port)
+    app = build_app(settings)
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         host=host,
         port=port,
         log_config=None,  # keep the CLI's logging (one format, secrets redacted)
@@ -37,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app)
     server.run()
     return 0 if server.started else 1

@@ -165,10 +165,16 @@ class Conversations:
                 len({t.conversation_id for t in pending}),
             )
 
-    async def aclose(self) -> None:
-        """Stop: cancel turns in progress (they stay in the inbox) and fail their waiters."""
+    async def aclose(self, grace: float = 0.0) -> None:
+        """Stop intake, let turns in progress finish for up to `grace` seconds, then cancel.
+
+        Nothing is lost: unanswered messages stay in the inbox for the next start, and
+        their waiters get `NotRunning` (a 503 to retry) instead of hanging.
+        """
         self._running = False
         workers = list(self._workers)
+        if workers and grace > 0:
+            await asyncio.wait(workers, timeout=grace)
         for task in workers:
             task.cancel()
         if workers:
@@ -309,7 +315,7 @@ class Conversations:
     async def _work(self, cid: str, lane: _Lane) -> None:
         """Answer the lane's messages in order; yield the slot when others wait for one."""
         try:
-            while lane.jobs:
+            while lane.jobs and self._running:
                 job = lane.jobs.popleft()
                 self._queued -= 1
                 await self._answer(job)
