@@ -332,6 +332,34 @@ async def test_chat_page_streams_replies_in_tabs(
         keep_screenshot(await page.screenshot(), tmp_path / "web-chat.png")
 
 
+async def test_chat_page_resumes_a_reply_cut_by_a_reload(
+    chromium: str, live_server: Callable[[Any], str]
+) -> None:
+    """A reload mid-reply asks again with the same message_id (answered once server-side)."""
+    app = fake_livia_app(latency=1.0)
+    url = live_server(app)
+    async with open_page(chromium) as page:
+        await page.goto(url + "/")
+        await page.click("#input")
+        await page.type("Hello before the reload")
+        await page.click("#send")
+        await page.wait_for(
+            "document.querySelector('.msg.assistant[data-state=\"streaming\"]')", "streaming"
+        )
+        await page.call("Page.reload")
+        await page.wait_for(
+            "document.querySelector('.msg.assistant[data-state=\"done\"]')",
+            "the resumed reply",
+        )
+        assert "Hello before the reload" in await page.js(
+            "document.querySelector('.msg.assistant .content').innerText"
+        )
+        first, second = app.state.chat_bodies
+        assert first["message_id"] == second["message_id"]
+        assert first["conversation_id"] == second["conversation_id"]
+        assert page.errors == []
+
+
 async def test_chat_page_asks_for_the_token(
     chromium: str, live_server: Callable[[Any], str]
 ) -> None:

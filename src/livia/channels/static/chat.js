@@ -359,6 +359,7 @@
     return new Promise((resolve) => {
       const dialog = $("token-dialog");
       $("token-input").value = getToken();
+      dialog.returnValue = ""; // Esc keeps the last value otherwise
       dialog.addEventListener("close", () => {
         const saved = dialog.returnValue === "save" && $("token-input").value.trim() !== "";
         if (saved) setToken($("token-input").value.trim());

@@ -377,7 +377,7 @@
     try {
       const res = await fetch("/stats", { headers, cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
       if (res.status === 401) {
-        setStatus("stale", token ? "token refused" : "token needed");
+        setStatus("stale", token ? "token refused: use the Token button" : "token needed: use the Token button");
         askToken();
         return;
       }
@@ -400,25 +400,29 @@
     if (!waitingForToken) setTimeout(poll, POLL_MS);
   }
 
-  function askToken() {
-    waitingForToken = true;
+  function openTokenDialog() {
     const dialog = $("token-dialog");
     $("token-input").value = getToken();
+    dialog.returnValue = ""; // Esc keeps the last value otherwise
     if (!dialog.open) dialog.showModal();
   }
 
+  /** Polling stops until a token is saved (cancelling leaves the Token button to do it). */
+  function askToken() {
+    waitingForToken = true;
+    openTokenDialog();
+  }
+
   $("token-dialog").addEventListener("close", () => {
-    const dialog = $("token-dialog");
-    if (dialog.returnValue === "save") setToken($("token-input").value.trim());
+    if ($("token-dialog").returnValue !== "save") return;
+    setToken($("token-input").value.trim());
     if (waitingForToken) {
       waitingForToken = false;
+      setStatus("", "connecting…");
       poll();
     }
   });
-  $("token-button").addEventListener("click", () => {
-    $("token-input").value = getToken();
-    $("token-dialog").showModal();
-  });
+  $("token-button").addEventListener("click", openTokenDialog);
   window.addEventListener("resize", () => { if (probe.lastStats) paint(probe.lastStats); });
 
   poll();
