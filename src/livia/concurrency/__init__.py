@@ -1,13 +1,32 @@
-"""The concurrency manager: every upstream call goes through here."""
+"""The concurrency manager: every upstream call goes through here.
+
+```python
+manager = ConcurrencyManager({"openai": ApiPolicy(max_concurrent=8, requests_per_minute=500)})
+reply = await manager.run("openai", lambda: client.chat.completions.create(...), key="user-42")
+```
+"""
 
 from livia.concurrency.errors import CapacityExhausted, CircuitOpen, UnknownApi
+from livia.concurrency.limiter import Backend, Denial, Grant, Limiter, MemoryBackend
+from livia.concurrency.manager import ConcurrencyManager
 from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy, default_policies
+from livia.concurrency.retry import RetryableError, classify, parse_duration, retry_after_from
 
 __all__ = [
     "DEFAULT_POLICIES",
     "ApiPolicy",
+    "Backend",
     "CapacityExhausted",
     "CircuitOpen",
+    "ConcurrencyManager",
+    "Denial",
+    "Grant",
+    "Limiter",
+    "MemoryBackend",
+    "RetryableError",
     "UnknownApi",
+    "classify",
     "default_policies",
+    "parse_duration",
+    "retry_after_from",
 ]

@@ -1,0 +1,207 @@
+"""Admission to one upstream: an immediate start when possible, else a fair queue.
+
+Waiters are grouped by `key` (whose call it is); keys take turns (round-robin) and each
+key's own waiters go first-in, first-out. One pump per gate starts waiters as the
+limiter allows, so a slot or window opening is used at once and never by two callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from livia.concurrency.errors import CapacityExhausted
+from livia.concurrency.limiter import Denial, Grant, Limiter, describe, loop_time
+from livia.concurrency.policy import ApiPolicy
+from livia.concurrency.stats import ApiStats
+
+log = logging.getLogger("livia.concurrency")
+
+#: Longest the pump sleeps without re-checking (bounds every wait, and polls shared slots).
+MAX_IDLE = 1.0
+#: How often a pump re-checks a shared limiter whose slots are held by other processes.
+SHARED_POLL = 0.05
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    key: str
+    cost: int
+    future: asyncio.Future[Grant] = field(repr=False)
+
+
+class Gate:
+    """Fair, deadline-bounded admission to one upstream's limiter."""
+
+    def __init__(self, api: str, policy: ApiPolicy, limiter: Limiter, stats: ApiStats) -> None:
+        self.api = api
+        self.policy = policy
+        self.limiter = limiter
+        self.stats = stats
+        self._queues: OrderedDict[str, deque[Waiter]] = OrderedDict()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def enter(self, key: str, cost: int, deadline: float) -> Grant:
+        """Wait (at most `deadline` s) for permission to start one attempt.
+
+        Raises `CapacityExhausted` at once when the limits cannot allow a start in time.
+        """
+        if not self._queues:
+            first = await self.limiter.acquire(cost)
+            if isinstance(first, Grant):
+                return first
+            ahead = 0
+        else:
+            ahead = self._ahead(key)
+            first = await self.limiter.estimate(cost, ahead) or Denial(0.0, "max_concurrent")
+        if first.wait > deadline:
+            self.stats.capacity_exhausted += 1
+            log.warning(
+                "capacity exhausted api=%s key=%s reason=%s retry_after=%.1fs",
+                self.api,
+                key,
+                first.reason,
+                first.wait,
+            )
+            raise CapacityExhausted(self.api, describe(first.reason, self.policy), first.wait)
+        return await self._wait(key, cost, deadline, first)
+
+    async def _wait(self, key: str, cost: int, deadline: float, first: Denial) -> Grant:
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(key, cost, loop.create_future())
+        self._queues.setdefault(key, deque()).append(waiter)
+        self.stats.waiting += 1
+        self.stats.rate_limit_waits += 1
+        log.debug(
+            "waiting api=%s key=%s reason=%s ahead_wait=%.3fs",
+            self.api,
+            key,
+            first.reason,
+            first.wait,
+        )
+        self._ensure_pump()
+        started = loop_time()
+        try:
+            await asyncio.wait((waiter.future,), timeout=None if math.isinf(deadline) else deadline)
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            self.stats.waiting -= 1
+            self.stats.total_wait_time += loop_time() - started
+        if waiter.future.done() and not waiter.future.cancelled():
+            return waiter.future.result()
+        self._abandon(waiter)
+        self.stats.capacity_exhausted += 1
+        estimate = await self.limiter.estimate(cost, self._ahead(key))
+        retry_after = estimate.wait if estimate and estimate.wait > 0 else max(1.0, deadline)
+        reason = estimate.reason if estimate else "max_concurrent"
+        log.warning(
+            "gave up waiting api=%s key=%s after=%.1fs reason=%s", self.api, key, deadline, reason
+        )
+        raise CapacityExhausted(
+            self.api,
+            f"no capacity within {deadline:.0f} s ({describe(reason, self.policy)})",
+            retry_after,
+        )
+
+    async def leave(self, grant: Grant) -> None:
+        """Hand back a slot after an attempt ends, and wake the queue."""
+        await self.limiter.release(grant)
+        if self._queues and self._wake is not None:
+            self._wake.set()
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """Take a waiter out of line; hand back a grant it was given but will not use."""
+        if waiter.future.done() and not waiter.future.cancelled():
+            grant = waiter.future.result()
+            task = asyncio.ensure_future(self.limiter.release(grant))
+            task.add_done_callback(lambda _: self.notify())
+            return
+        waiter.future.cancel()
+        queue = self._queues.get(waiter.key)
+        if queue is not None:
+            try:
+                queue.remove(waiter)
+            except ValueError:
+                pass
+            if not queue:
+                del self._queues[waiter.key]
+
+    def _ahead(self, key: str) -> int:
+        """How many waiters round-robin serves before a new waiter of `key`."""
+        mine = len(self._queues.get(key, ()))
+        return mine + sum(min(len(q), mine) for k, q in self._queues.items() if k != key)
+
+    def notify(self) -> None:
+        """Capacity may have changed (a slot was released): let the pump look again."""
+        if self._wake is not None and self._queues:
+            self._wake.set()
+
+    def _ensure_pump(self) -> None:
+        if self._pump_task is None or self._pump_task.done():
+            self._wake = asyncio.Event()
+            self._pump_task = asyncio.get_running_loop().create_task(
+                self._pump(), name=f"livia-gate-{self.api}"
+            )
+
+    def _next(self) -> Waiter | None:
+        while self._queues:
+            key, queue = next(iter(self._queues.items()))
+            if queue and not queue[0].future.done():
+                return queue[0]
+            if queue:
+                queue.popleft()
+            if not queue:
+                del self._queues[key]
+        return None
+
+    def _served(self, waiter: Waiter) -> None:
+        queue = self._queues[waiter.key]
+        queue.popleft()
+        if queue:
+            self._queues.move_to_end(waiter.key)
+        else:
+            del self._queues[waiter.key]
+
+    async def _pump(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while (waiter := self._next()) is not None:
+            result = await self.limiter.acquire(waiter.cost)
+            if isinstance(result, Grant):
+                if waiter.future.done():  # its caller gave up while we asked
+                    await self.limiter.release(result)
+                    continue
+                self._served(waiter)
+                waiter.future.set_result(result)
+                continue
+            if result.slot_only:
+                timeout = SHARED_POLL if self.limiter.shared else MAX_IDLE
+            else:
+                timeout = min(MAX_IDLE, max(result.wait, 0.0005))
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def aclose(self) -> None:
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except asyncio.CancelledError:
+                pass
+        for queue in self._queues.values():
+            for waiter in queue:
+                waiter.future.cancel()
+        self._queues.clear()
