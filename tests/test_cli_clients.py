@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from rich.console import Console
 
 from livia.cli import main
 from livia.commands import stats as stats_command
+from livia.commands.chat import ReplyPrinter
 from livia.monitoring.client import iter_sse
 from tests.conftest import fake_livia_app
 
@@ -108,6 +110,29 @@ def test_chat_sends_the_token_from_the_environment(
     monkeypatch.setenv("LIVIA_SERVER__API_TOKEN", "t0ken")
     assert main(["chat", "--url", url, "--once", "hi"]) == 0
     assert "Hello! You said" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "timeout", "message": "the reply is taking too long"},
+        {"error": {"type": "timeout", "message": "the reply is taking too long"}},
+    ],
+)
+def test_error_events_end_the_reply_with_their_message(payload: dict[str, Any]) -> None:
+    out = io.StringIO()
+    printer = ReplyPrinter(Console(file=out, width=200), prompt="livia › ")
+    assert printer.event("delta", {"text": "Part"}) is False
+    assert printer.event("error", payload) is True
+    assert printer.error == "the reply is taking too long"
+    assert out.getvalue() == "livia › Part\n"  # the open line was closed
+
+
+def test_a_repeated_message_prints_the_stored_reply() -> None:
+    out = io.StringIO()
+    printer = ReplyPrinter(Console(file=out, width=200))
+    assert printer.event("done", {"reply": "stored answer", "duplicate": True}) is True
+    assert out.getvalue() == "stored answer\n" and printer.error is None
 
 
 def test_sse_parsing() -> None:
