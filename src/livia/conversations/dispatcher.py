@@ -20,8 +20,8 @@ import asyncio
 import dataclasses
 import logging
 import math
+import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,11 @@ class _Job:
     future: asyncio.Future[Reply]
     #: Tickets still waiting for the reply; 0 means nobody will read it (deliver it).
     waiters: int = 0
+
+    @classmethod
+    def of(cls, turn: StoredTurn) -> _Job:
+        """A job for `turn`, its reply not yet known."""
+        return cls(turn, Listeners(turn.message()), asyncio.get_running_loop().create_future())
 
 
 @dataclass(eq=False)
@@ -108,7 +113,6 @@ class Conversations:
         turn_timeout: float = 600.0,
         reply_timeout: float = 900.0,
         history_turns: int = 50,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         if max_active < 1 or max_queued < 0:
             raise ValueError("max_active must be >= 1 and max_queued >= 0")
@@ -119,7 +123,6 @@ class Conversations:
         self._turn_timeout = turn_timeout
         self._reply_timeout = reply_timeout
         self._history_turns = history_turns
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._deliveries: dict[str, ReplyDelivery] = {}
         self._lanes: dict[str, _Lane] = {}
         self._ready: deque[str] = deque()
@@ -229,8 +232,8 @@ class Conversations:
             if job is not None:  # accepted by a concurrent call meanwhile
                 return self._repeat(job, msg)
             if turn.done:
-                return self._stored_repeat(turn, msg)
-            self._queued += 1  # pending but not queued (accepted as this run started): take it on
+                return self._repeat(self._answered(turn), msg)
+            self._queued += 1  # pending yet not in flight (its reply failed to store): retry it
         job = self._new_job(turn)
         if on_event is not None:
             job.listeners.add(on_event)
@@ -254,38 +257,29 @@ class Conversations:
         return await ticket.wait()
 
     def _repeat(self, job: _Job, msg: IncomingMessage) -> Ticket:
-        self._check_same(job.turn, msg)
+        """A ticket on the reply to an earlier message with this message_id."""
+        if job.turn.text != msg.text:
+            raise MessageIdConflict(msg.conversation_id, msg.message_id)
         self._counts["duplicates"] += 1
         job.waiters += 1
         log.info(
-            "duplicate in progress conversation_id=%s message_id=%s",
+            "duplicate conversation_id=%s message_id=%s answered=%s",
             msg.conversation_id,
             msg.message_id,
+            job.future.done(),
         )
         return Ticket(job, duplicate=True, timeout=self._reply_timeout)
 
-    def _stored_repeat(self, turn: StoredTurn, msg: IncomingMessage) -> Ticket:
-        self._check_same(turn, msg)
-        self._counts["duplicates"] += 1
-        job = self._new_job(turn, register=False)
+    def _answered(self, turn: StoredTurn) -> _Job:
+        """A finished job around a stored reply (not registered as in flight)."""
+        job = _Job.of(turn)
         job.future.set_result(turn.to_reply())
-        log.info(
-            "duplicate answered conversation_id=%s message_id=%s",
-            msg.conversation_id,
-            msg.message_id,
-        )
-        return Ticket(job, duplicate=True, timeout=self._reply_timeout)
+        return job
 
-    @staticmethod
-    def _check_same(turn: StoredTurn, msg: IncomingMessage) -> None:
-        if turn.text != msg.text:
-            raise MessageIdConflict(msg.conversation_id, msg.message_id)
-
-    def _new_job(self, turn: StoredTurn, *, register: bool = True) -> _Job:
-        msg = turn.message()
-        job = _Job(turn, Listeners(msg), asyncio.get_running_loop().create_future())
-        if register:
-            self._inflight[(turn.conversation_id, turn.message_id)] = job
+    def _new_job(self, turn: StoredTurn) -> _Job:
+        """A job for a pending turn, registered as in flight (repeats wait for it)."""
+        job = _Job.of(turn)
+        self._inflight[(turn.conversation_id, turn.message_id)] = job
         return job
 
     # -- scheduling ---------------------------------------------------------------------
@@ -333,13 +327,13 @@ class Conversations:
     async def _answer(self, job: _Job) -> None:
         turn = job.turn
         msg = turn.message()
-        started = self._clock()
+        started = time.monotonic()
         log.info("answering conversation_id=%s message_id=%s", msg.conversation_id, msg.message_id)
         history = await self._history_before(turn)
         reply = await run_turn(
             self._responder, history, msg, job.listeners, timeout=self._turn_timeout
         )
-        elapsed = self._clock() - started
+        elapsed = time.monotonic() - started
         try:
             await self._store.complete(reply)
         except Exception:
