@@ -81,6 +81,13 @@ def build_manager(settings: Settings) -> ConcurrencyManager:
     )
     if factory is not None:
         return factory(settings)
+    # Until `livia.concurrency.build_manager` (which picks the Redis backend) lands:
+    if settings.coordination.backend != "memory":
+        log.warning(
+            "[coordination] backend=%s is not available in this build; "
+            "limits are kept in this process only",
+            settings.coordination.backend,
+        )
     return ConcurrencyManager(settings.policies())
 
 
