@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck pytest bench format clean
+.PHONY: setup run test lint typecheck pytest bench screenshots format clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: lint typecheck pytest
 bench: setup
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/livia bench
+
+# Regenerate the README's pictures (headless chromium, installed on first use).
+screenshots: setup
+	LIVIA_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/test_browser.py -k real_app_in_demo_mode
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks

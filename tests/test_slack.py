@@ -381,6 +381,12 @@ async def test_unseen_thread_is_read_once_as_context(tmp_path: Path) -> None:
             {"role": "user", "content": "<@U1>: it worked yesterday"},
         ]  # the first message and the newest that fit; the huge one is left out
         assert turns[0].text == "what should we check?"
+        # The model saw the thread's context before the first question, and again after.
+        first_history = [(m.role, m.content) for m in rig.responder.calls[0][2]]
+        assert first_history == [(m["role"], m["content"]) for m in prior]
+        second_history = [m.content for m in rig.responder.calls[1][2]]
+        assert second_history[:2] == [m["content"] for m in prior]
+        assert "what should we check?" in second_history
 
 
 async def test_streaming_falls_back_to_throttled_placeholder_updates(tmp_path: Path) -> None:

@@ -376,7 +376,8 @@ class Conversations:
         turns = await self._store.turns(
             turn.conversation_id, before_seq=turn.seq, limit=self._history_turns
         )
-        return _as_messages(turns)
+        earlier = turns[0].meta if turns else turn.meta
+        return _prior_history(earlier) + _as_messages(turns)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -405,6 +406,16 @@ class Conversations:
             "conversations": self._conversations,
             "average_turn_seconds": self._turn_seconds / finished if finished else 0.0,
         }
+
+
+def _prior_history(meta: dict[str, Any]) -> list[ChatMessage]:
+    """Context a channel read before Livia joined (a Slack thread's earlier messages)."""
+    prior = meta.get("prior_history") or []
+    return [
+        ChatMessage(str(m["role"]), str(m["content"]))
+        for m in prior
+        if isinstance(m, dict) and m.get("role") in ("user", "assistant") and m.get("content")
+    ]
 
 
 def _as_messages(turns: list[StoredTurn]) -> list[ChatMessage]:

@@ -32,6 +32,7 @@ from livia.sim.timeline import Span, Timeline
 if TYPE_CHECKING:
     from livia.sim.mcp import SimMcp, SimMcpConfig, SimMcpStats
     from livia.sim.openai import SimOpenAI, SimOpenAIConfig, SimOpenAIStats
+    from livia.sim.slack import SimSlack
 
 #: Public name -> module that defines it (imported lazily).
 _LAZY = {
@@ -41,6 +42,7 @@ _LAZY = {
     "SimMcp": "livia.sim.mcp",
     "SimMcpConfig": "livia.sim.mcp",
     "SimMcpStats": "livia.sim.mcp",
+    "SimSlack": "livia.sim.slack",
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "SimOpenAI",
     "SimOpenAIConfig",
     "SimOpenAIStats",
+    "SimSlack",
     "SlidingWindow",
     "Span",
     "Timeline",
