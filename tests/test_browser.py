@@ -71,7 +71,8 @@ def ensure_chromium() -> str:
 def chromium() -> Iterator[str]:
     """A headless chromium for this module; yields its DevTools websocket URL."""
     exe = ensure_chromium()
-    with tempfile.TemporaryDirectory(prefix="livia-chromium-") as tmp:
+    # Chromium helper processes may still write the profile as it exits: ignore leftovers.
+    with tempfile.TemporaryDirectory(prefix="livia-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp) / "profile"
         log_path = Path(tmp) / "chromium.log"
         with log_path.open("wb") as log:
