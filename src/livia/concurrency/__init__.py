@@ -7,9 +7,11 @@ reply = await manager.run("openai", lambda: client.chat.completions.create(...),
 """
 
 from livia.concurrency.errors import CapacityExhausted, CircuitOpen, UnknownApi
+from livia.concurrency.factory import build_backend, build_manager, build_manager_checked
 from livia.concurrency.limiter import Backend, Denial, Grant, Limiter, MemoryBackend
 from livia.concurrency.manager import ConcurrencyManager
 from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy, default_policies
+from livia.concurrency.redis_backend import RedisBackend, RedisLimiter, RedisUnavailable
 from livia.concurrency.retry import RetryableError, classify, parse_duration, retry_after_from
 
 __all__ = [
@@ -23,8 +25,14 @@ __all__ = [
     "Grant",
     "Limiter",
     "MemoryBackend",
+    "RedisBackend",
+    "RedisLimiter",
+    "RedisUnavailable",
     "RetryableError",
     "UnknownApi",
+    "build_backend",
+    "build_manager",
+    "build_manager_checked",
     "classify",
     "default_policies",
     "parse_duration",

@@ -1,0 +1,673 @@
+"""Limits shared through Redis, so they hold across processes and hosts.
+
+Each upstream's state lives in a few keys under ``PREFIX:{API}:`` (one hash slot per
+upstream, so a Redis Cluster works too):
+
+- ``leases``  ZSET lease id -> expiry: the running attempts (the slots). A holder renews
+  its leases every ``lease_ttl / 3`` s; a holder that dies stops renewing, and its slots
+  come back within ``lease_ttl``.
+- ``pause``   STRING: the upstream is paused until this time (after a 429).
+- ``requests_per_minute`` / ``requests_per_hour``  ZSET lease id -> start time: the
+  request windows; one entry per admitted start, so at most `limit` per window.
+- ``tokens`` ZSET "lease id|tokens" -> start time, and ``tokens_sum`` STRING, their sum.
+
+Admission is one Lua script: it reads the Redis server clock (so hosts with skewed
+clocks agree), drops what expired, checks every limit and only when all pass records
+the start everywhere. No limit is stored in Redis: each process passes its policy as
+script arguments, so nothing can disagree with a stale copy. Every key has a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import re
+import secrets
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from livia.concurrency.limiter import Denial, Grant
+from livia.concurrency.policy import ApiPolicy
+
+log = logging.getLogger("livia.concurrency")
+
+#: Seconds a lease lives without renewal: a dead holder's slots return within this.
+DEFAULT_LEASE_TTL = 60.0
+#: Seconds one Redis command may take (connect or reply) before it counts as unreachable.
+DEFAULT_TIMEOUT = 2.0
+#: Connections one process opens to Redis at most (a burst of callers queues for them).
+DEFAULT_MAX_CONNECTIONS = 32
+#: Most seconds a call waits for a free pooled connection.
+POOL_WAIT = 10.0
+#: Most seconds between refreshes of the figures `usage()` reports (and lease renewals).
+USAGE_REFRESH = 5.0
+#: The wait a caller is told while Redis is unreachable (the gate re-asks after it).
+OUTAGE_WAIT = 1.0
+
+_US = 1_000_000
+
+#: The admission script. Times are integer microseconds of the Redis server clock.
+ADMIT_LUA = """
+-- KEYS[1] leases ZSET (lease id -> expiry)   KEYS[2] pause STRING (paused until)
+-- KEYS[3] token reservations ZSET ("id|tokens" -> start)   KEYS[4] token sum STRING
+-- KEYS[5..] one ZSET per request window (lease id -> start)
+-- ARGV[1] "acquire" | "estimate"   ARGV[2] lease id   ARGV[3] lease ttl
+-- ARGV[4] max_concurrent   ARGV[5] ahead   ARGV[6] cost (tokens)
+-- ARGV[7] token limit (0 = off)   ARGV[8] token window length
+-- ARGV[7 + 2i], ARGV[8 + 2i]: limit and length of request window i
+-- Returns {granted, wait, reason, in flight, tokens used, starts in window 1, ...}
+-- reason: 0 none, 1 paused, 2 tokens, 3 slots (max_concurrent), 10 + i window i.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local acquire = ARGV[1] == 'acquire'
+local id = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local max_concurrent = tonumber(ARGV[4])
+local ahead = tonumber(ARGV[5])
+local cost = tonumber(ARGV[6])
+local tok_limit = tonumber(ARGV[7])
+local tok_len = tonumber(ARGV[8])
+local nwin = #KEYS - 4
+local wait, reason = 0, 0
+
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > now then
+  wait, reason = paused - now, 1
+end
+
+-- Request windows: the start `ahead` places back is held back by the latest known start
+-- a whole number of windows before it (RequestWindow.wait_for, generalised).
+local counts = {}
+for i = 1, nwin do
+  local key = KEYS[4 + i]
+  local limit = tonumber(ARGV[7 + 2 * i])
+  local len = tonumber(ARGV[8 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - len)
+  local count = redis.call('ZCARD', key)
+  counts[i] = count
+  local rounds = math.floor(ahead / limit) + 1
+  local j = count + (ahead % limit) - limit
+  local w
+  if j >= 0 then
+    w = tonumber(redis.call('ZRANGE', key, j, j, 'WITHSCORES')[2]) + rounds * len - now
+  else
+    w = (rounds - 1) * len
+  end
+  if w > wait then
+    wait, reason = w, 10 + i
+  end
+end
+
+-- Tokens: reservations in the last minute and their running sum.
+local function amount(member)
+  return tonumber(string.match(member, '|(%-?%d+)$')) or 0
+end
+local tok_used = 0
+if tok_limit > 0 then
+  local cutoff = now - tok_len
+  local freed = 0
+  repeat
+    local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cutoff, 'LIMIT', 0, 512)
+    for _, m in ipairs(old) do
+      freed = freed + amount(m)
+    end
+    if #old > 0 then
+      redis.call('ZREM', KEYS[3], unpack(old))
+    end
+  until #old < 512
+  local entries = redis.call('ZCARD', KEYS[3])
+  if entries == 0 then
+    redis.call('DEL', KEYS[4])
+  elseif freed ~= 0 then
+    tok_used = redis.call('DECRBY', KEYS[4], freed)
+  else
+    tok_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  end
+  if entries > 0 and tok_used + cost > tok_limit then
+    local need = tok_used + cost - tok_limit
+    local acc, last, w, offset = 0, now, nil, 0
+    while w == nil do
+      local batch = redis.call('ZRANGE', KEYS[3], offset, offset + 511, 'WITHSCORES')
+      if #batch == 0 then
+        break
+      end
+      for k = 1, #batch, 2 do
+        acc = acc + amount(batch[k])
+        last = tonumber(batch[k + 1])
+        if acc >= need then
+          w = last + tok_len - now
+          break
+        end
+      end
+      offset = offset + 512
+    end
+    if w == nil then
+      w = last + tok_len - now
+    end
+    if w > wait then
+      wait, reason = w, 2
+    end
+  end
+end
+
+-- Slots: leases not renewed in time belong to holders that died.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local in_flight = redis.call('ZCARD', KEYS[1])
+if reason == 0 and ahead == 0 and in_flight >= max_concurrent then
+  reason = 3
+end
+
+local granted = 0
+if acquire then
+  if redis.call('ZSCORE', KEYS[1], id) then
+    -- A retried call whose first reply was lost: it was admitted already.
+    granted, wait, reason = 1, 0, 0
+    redis.call('ZADD', KEYS[1], now + ttl, id)
+  elseif reason == 0 then
+    granted = 1
+    redis.call('ZADD', KEYS[1], now + ttl, id)
+    redis.call('PEXPIRE', KEYS[1], math.floor(ttl / 1000) + 1000)
+    in_flight = in_flight + 1
+    for i = 1, nwin do
+      local key = KEYS[4 + i]
+      redis.call('ZADD', key, now, id)
+      redis.call('PEXPIRE', key, math.floor(tonumber(ARGV[8 + 2 * i]) / 1000) + 1000)
+      counts[i] = counts[i] + 1
+    end
+    if tok_limit > 0 then
+      local keep = math.floor(tok_len / 1000) + 1000
+      redis.call('ZADD', KEYS[3], now, id .. '|' .. ARGV[6])
+      tok_used = redis.call('INCRBY', KEYS[4], cost)
+      redis.call('PEXPIRE', KEYS[3], keep)
+      redis.call('PEXPIRE', KEYS[4], keep)
+    end
+  end
+end
+
+local out = {granted, wait, reason, in_flight, tok_used}
+for i = 1, nwin do
+  out[5 + i] = counts[i]
+end
+return out
+"""
+
+#: Hand a slot back. KEYS[1] leases; ARGV[1] lease id. Returns the slots in use.
+RELEASE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+#: Replace a token reservation with the real usage (no-op once it left the window).
+#: KEYS[1] reservations, KEYS[2] sum; ARGV[1] old member, ARGV[2] new member,
+#: ARGV[3] difference, ARGV[4] window length. Returns {applied, tokens used}.
+SETTLE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > now - tonumber(ARGV[4]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], score, ARGV[2])
+  return {1, redis.call('INCRBY', KEYS[2], ARGV[3])}
+end
+return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+#: Pause the upstream for ARGV[1] µs from now, unless it is paused longer already.
+PAUSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local till = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if till > current then
+  redis.call('SET', KEYS[1], till, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1)
+  return 1
+end
+return 0
+"""
+
+#: Renew leases this process holds. KEYS[1] leases; ARGV[1] ttl, ARGV[2..] lease ids.
+#: Returns the ids that were gone (expired and taken back, or never there).
+RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[1])
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+redis.call('PEXPIRE', KEYS[1], math.floor(ttl / 1000) + 1000)
+return lost
+"""
+
+_REASONS = {1: "paused", 2: "tokens_per_minute", 3: "max_concurrent"}
+
+
+#: Which script and line a Lua error reply came from (Redis 6 and 7 forms): noise for people.
+_SCRIPT_NOISE = re.compile(r"^.*?user_script:\d+: |\s*script: \w+, on @user_script:\d+\.?$")
+
+
+def _refused(cause: BaseException) -> bool:
+    """True when Redis answered but refused (an error reply), not when it was unreachable."""
+    unreachable = (RedisConnectionError, RedisTimeoutError)
+    return isinstance(cause, RedisError) and not isinstance(cause, unreachable)
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached (or refused us); the message says what to do.
+
+    `problem` is what happened, in a few words, without the advice.
+    """
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        self.url = url
+        detail = _SCRIPT_NOISE.sub("", str(cause)).rstrip(". ") or type(cause).__name__
+        if _refused(cause):
+            self.problem = f"Redis at {url} refused the limiter's command: {detail}"
+            advice = "check [coordination] redis_url and prefix (keys under it must be Livia's)"
+        else:
+            self.problem = f"cannot reach Redis at {url}: {detail}"
+            advice = "start it"
+        super().__init__(f'{self.problem}; {advice} or set [coordination] backend = "memory"')
+
+
+@dataclass(slots=True)
+class RedisLease:
+    """A held slot: its lease id, and its entry in the token window (if tokens count)."""
+
+    id: str
+    tokens: str | None = None  # the token reservation's member, "id|tokens"
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password replaced, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username or ''}:***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+class RedisLimiter:
+    """One upstream's limits, kept in Redis and shared by every process that uses them.
+
+    Invariants (across all processes using the same prefix and policy): at most
+    ``max_concurrent`` unexpired leases; each request window holds at most its limit of
+    starts in any sliding interval, by the Redis server clock; the reserved tokens of
+    the last minute stay within ``tokens_per_minute`` (a call larger than the whole
+    limit is admitted only into an empty window); nothing starts while paused.
+    """
+
+    shared = True
+
+    def __init__(self, backend: RedisBackend, api: str, policy: ApiPolicy) -> None:
+        self.backend = backend
+        self.api = api
+        self.policy = policy
+        key = backend.key
+        self._windows = policy.windows
+        self._keys = [
+            key(api, "leases"),
+            key(api, "pause"),
+            key(api, "tokens"),
+            key(api, "tokens_sum"),
+            *(key(api, name) for name, _, _ in self._windows),
+        ]
+        self._policy_args: list[int] = [policy.tokens_per_minute, 60 * _US]
+        for _, limit, seconds in self._windows:
+            self._policy_args += [limit, round(seconds * _US)]
+        #: Leases this limiter holds (renewed by the backend's heartbeat).
+        self.held: dict[str, RedisLease] = {}
+        self._used: dict[str, float] = {"max_concurrent": 0, "tokens_per_minute": 0}
+        for name, _, _ in self._windows:
+            self._used[name] = 0
+
+    async def _admit(self, mode: str, lease_id: str, cost: int, ahead: int) -> list[int]:
+        args: list[int | str] = [
+            mode,
+            lease_id,
+            round(self.backend.lease_ttl * _US),
+            self.policy.max_concurrent,
+            ahead,
+            cost,
+            *self._policy_args,
+        ]
+        reply = await self.backend.call(self.backend.admit_script, self._keys, args)
+        counts = [int(x) for x in reply]
+        self._used["max_concurrent"] = counts[3]
+        self._used["tokens_per_minute"] = counts[4]
+        for (name, _, _), used in zip(self._windows, counts[5:], strict=False):
+            self._used[name] = used
+        return counts
+
+    def _denial(self, wait_us: int, code: int) -> Denial:
+        if code >= 10:
+            reason = self._windows[code - 11][0]
+        else:
+            reason = _REASONS.get(code, "max_concurrent")
+        return Denial(max(0.0, wait_us / _US), reason)
+
+    async def acquire(self, cost: int) -> Grant | Denial:
+        """Start one attempt now if every limit allows it (one atomic script)."""
+        lease_id = self.backend.new_lease_id()
+        try:
+            granted, wait_us, code, *_ = await self._admit("acquire", lease_id, cost, 0)
+        except RedisUnavailable:
+            self._release_later(lease_id)  # the script may have run before the reply was lost
+            if not self.backend.reached:
+                raise
+            return self._outage()
+        except asyncio.CancelledError:
+            self._release_later(lease_id)
+            raise
+        if not granted:
+            return self._denial(wait_us, code)
+        lease = RedisLease(
+            lease_id, f"{lease_id}|{cost}" if self.policy.tokens_per_minute else None
+        )
+        self.held[lease_id] = lease
+        self.backend.watch()
+        return Grant(cost, lease)
+
+    async def estimate(self, cost: int, ahead: int) -> Denial | None:
+        """A lower bound on the wait of a caller with `ahead` callers before it."""
+        try:
+            _, wait_us, code, *_ = await self._admit("estimate", "", cost, ahead)
+        except RedisUnavailable:
+            if not self.backend.reached:
+                raise
+            return self._outage()
+        return self._denial(wait_us, code) if code else None
+
+    def _outage(self) -> Denial:
+        """Fail closed while Redis is away: nobody starts, callers wait (up to their deadline)."""
+        return Denial(OUTAGE_WAIT, self.backend.problem)
+
+    def _release_later(self, lease_id: str) -> None:
+        """Hand back a lease whose grant never reached us (a no-op if it was not granted)."""
+        self.backend.background(self._release_id(lease_id))
+
+    async def _release_id(self, lease_id: str) -> None:
+        try:
+            await self.backend.call(self.backend.release_script, self._keys[:1], [lease_id])
+        except RedisUnavailable:
+            pass  # it expires within the lease TTL
+
+    async def release(self, grant: Grant) -> None:
+        """Hand the slot back (if Redis is away, the lease expires within `lease_ttl`)."""
+        lease = grant.lease
+        if not isinstance(lease, RedisLease):
+            return
+        self.held.pop(lease.id, None)
+        try:
+            in_flight = await self.backend.call(
+                self.backend.release_script, self._keys[:1], [lease.id]
+            )
+        except RedisUnavailable:
+            return
+        except asyncio.CancelledError:
+            self._release_later(lease.id)
+            raise
+        self._used["max_concurrent"] = int(in_flight)
+
+    async def refresh(self) -> None:
+        """Update the figures `usage` reports (they include other processes' calls)."""
+        try:
+            await self._admit("estimate", "", 0, 0)
+        except RedisUnavailable:
+            pass
+
+    async def settle(self, grant: Grant, tokens: int) -> None:
+        """Replace the call's token estimate with what it really used."""
+        lease = grant.lease
+        if not isinstance(lease, RedisLease) or lease.tokens is None:
+            return
+        old = lease.tokens
+        new = f"{lease.id}|{tokens}"
+        if new == old:
+            return
+        delta = tokens - int(old.rpartition("|")[2])
+        try:
+            applied, used = await self.backend.call(
+                self.backend.settle_script, self._keys[2:4], [old, new, delta, 60 * _US]
+            )
+        except RedisUnavailable:
+            return
+        if applied:
+            lease.tokens = new
+        self._used["tokens_per_minute"] = int(used)
+
+    async def pause(self, seconds: float) -> None:
+        """Stop every process's starts for `seconds` (after a 429)."""
+        try:
+            await self.backend.call(
+                self.backend.pause_script, self._keys[1:2], [max(1, round(seconds * _US))]
+            )
+        except RedisUnavailable:
+            log.warning("could not share a %.1fs pause of api=%s", seconds, self.api)
+
+    async def renew(self) -> None:
+        """Push back the expiry of the leases held here (called by the heartbeat)."""
+        if not self.held:
+            return
+        ids = list(self.held)
+        args: list[int | str] = [round(self.backend.lease_ttl * _US), *ids]
+        try:
+            lost = await self.backend.call(self.backend.renew_script, self._keys[:1], args)
+        except RedisUnavailable:
+            return
+        for raw in lost:
+            lease_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if self.held.pop(lease_id, None) is not None:
+                log.warning(
+                    "lease %s of api=%s expired before it was renewed (was this process "
+                    "stalled longer than the lease TTL?); its slot was given back",
+                    lease_id,
+                    self.api,
+                )
+
+    def usage(self) -> dict[str, dict[str, float]]:
+        """The figures Redis reported on this process's last call (shared across processes)."""
+        out: dict[str, dict[str, float]] = {
+            "max_concurrent": {
+                "limit": self.policy.max_concurrent,
+                "used": self._used["max_concurrent"],
+                "window_s": 0,
+            }
+        }
+        for name, limit, seconds in self._windows:
+            out[name] = {"limit": limit, "used": self._used[name], "window_s": seconds}
+        if self.policy.tokens_per_minute:
+            out["tokens_per_minute"] = {
+                "limit": self.policy.tokens_per_minute,
+                "used": self._used["tokens_per_minute"],
+                "window_s": 60.0,
+            }
+        return out
+
+    async def aclose(self) -> None:
+        """Hand back any lease still held (this process is stopping); skipped if Redis is away."""
+        if self.backend.down:
+            self.held.clear()
+            return
+        for lease in list(self.held.values()):
+            await self.release(Grant(0, lease))
+
+
+class RedisBackend:
+    """Limits kept in Redis: the same limits hold for every process using `url` and `prefix`.
+
+    ``await backend.connect()`` at start-up checks Redis answers (and raises
+    `RedisUnavailable` at once if not). Every command is bounded by `timeout`. While
+    Redis is unreachable later on, admission fails closed: callers wait, up to their
+    deadline, and no limit is exceeded.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "livia",
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.url = url
+        self.safe_url = safe_url(url)
+        self.prefix = prefix
+        self.lease_ttl = lease_ttl
+        self.timeout = timeout
+        #: The most seconds one script call may take, waiting for a pooled connection included.
+        self.call_timeout = POOL_WAIT + 2 * timeout + 1
+        try:
+            # A burst of callers queues for one of `max_connections` (bounded by POOL_WAIT)
+            # instead of failing; a dropped connection is retried once, at once.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=POOL_WAIT,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+            )
+        except ValueError as exc:
+            raise ValueError(f"[coordination] redis_url {self.safe_url!r}: {exc}") from None
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.admit_script = self.client.register_script(ADMIT_LUA)
+        self.release_script = self.client.register_script(RELEASE_LUA)
+        self.settle_script = self.client.register_script(SETTLE_LUA)
+        self.pause_script = self.client.register_script(PAUSE_LUA)
+        self.renew_script = self.client.register_script(RENEW_LUA)
+        #: True once Redis has answered: later failures are outages, not misconfiguration.
+        self.reached = False
+        self._down = False
+        self._origin = f"{secrets.token_hex(4)}{os.getpid():x}"
+        self._seq = itertools.count(1)
+        self._limiters: list[RedisLimiter] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: What went wrong last (the reason callers are given while Redis is away).
+        self.problem = f"cannot reach Redis at {self.safe_url}"
+
+    @property
+    def down(self) -> bool:
+        """True while the last command failed (Redis unreachable)."""
+        return self._down
+
+    def key(self, api: str, part: str) -> str:
+        """The Redis key of one part of `api`'s state (one hash slot per upstream)."""
+        return f"{self.prefix}:{{{api}}}:{part}"
+
+    def new_lease_id(self) -> str:
+        """An id no other lease of any process uses."""
+        return f"{self._origin}.{next(self._seq):x}"
+
+    def limiter(self, api: str, policy: ApiPolicy) -> RedisLimiter:
+        limiter = RedisLimiter(self, api, policy)
+        self._limiters.append(limiter)
+        return limiter
+
+    async def connect(self) -> None:
+        """Check Redis answers and load the scripts; raise `RedisUnavailable` if not."""
+        try:
+            async with asyncio.timeout(self.timeout * 2 + 1):
+                await self.client.ping()
+                for script in (
+                    self.admit_script,
+                    self.release_script,
+                    self.settle_script,
+                    self.pause_script,
+                    self.renew_script,
+                ):
+                    script.sha = await self.client.script_load(script.script)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(self.safe_url, exc) from exc
+        self.reached = True
+        log.info("limits are shared through Redis at %s (prefix %r)", self.safe_url, self.prefix)
+
+    async def call(self, script: Any, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        """Run one script, bounded by the timeout; raise `RedisUnavailable` when it fails."""
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                reply = await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            error = RedisUnavailable(self.safe_url, exc)
+            if not self._down and self.reached:
+                log.warning("%s; no call starts on shared limits until this clears", error.problem)
+            self._down = True
+            self.problem = error.problem
+            raise error from exc
+        if self._down:
+            log.info("Redis at %s is back", self.safe_url)
+            self._down = False
+        self.reached = True
+        return reply
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on its own (bounded by `call_timeout`), keeping a reference to it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def watch(self) -> None:
+        """Make sure the heartbeat that renews held leases runs (on the running loop)."""
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._renew_forever(), name="livia-redis-heartbeat"
+            )
+
+    async def _renew_forever(self) -> None:
+        """Every `lease_ttl / 3` s (at most USAGE_REFRESH s): renew held leases, refresh usage."""
+        interval = min(self.lease_ttl / 3, USAGE_REFRESH)
+        while True:
+            await asyncio.sleep(interval)
+            for limiter in list(self._limiters):
+                try:
+                    await limiter.renew()
+                    await limiter.refresh()
+                except Exception:  # a bug here must not stop the renewals
+                    log.exception("renewing the leases of api=%s failed", limiter.api)
+
+    async def aclose(self) -> None:
+        """Stop renewing, hand back leases still held, and close the connections."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for limiter in self._limiters:
+            await limiter.aclose()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.call_timeout)
+        await self.client.aclose(close_connection_pool=True)
