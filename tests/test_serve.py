@@ -184,6 +184,23 @@ def test_a_bad_store_url_is_a_message_not_a_trace(tmp_path: Path) -> None:
     assert "unsupported [store] url" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_unreachable_redis_is_a_message_not_a_trace(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "livia", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=_clean_env(
+            LIVIA_COORDINATION__BACKEND="redis",
+            LIVIA_COORDINATION__REDIS_URL="redis://127.0.0.1:1/0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_example_config_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))

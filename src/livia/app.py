@@ -22,7 +22,7 @@ from livia import __version__
 from livia.agent import Agent
 from livia.channels.http import api_router, install_error_handling
 from livia.channels.web import web_router
-from livia.concurrency import ConcurrencyManager
+from livia.concurrency import ConcurrencyManager, build_manager_checked
 from livia.config import McpServerConfig, Settings
 from livia.conversations import Conversations
 from livia.monitoring import monitoring_router
@@ -72,25 +72,6 @@ class Livia:
         return self.store.is_open and self.conversations.running
 
 
-def build_manager(settings: Settings) -> ConcurrencyManager:
-    """The concurrency manager for `settings` (the coordination backend's own factory if any)."""
-    import livia.concurrency as concurrency
-
-    factory: Callable[[Settings], ConcurrencyManager] | None = getattr(
-        concurrency, "build_manager", None
-    )
-    if factory is not None:
-        return factory(settings)
-    # Until `livia.concurrency.build_manager` (which picks the Redis backend) lands:
-    if settings.coordination.backend != "memory":
-        log.warning(
-            "[coordination] backend=%s is not available in this build; "
-            "limits are kept in this process only",
-            settings.coordination.backend,
-        )
-    return ConcurrencyManager(settings.policies())
-
-
 async def _start_demo_upstreams(
     settings: Settings, stack: contextlib.AsyncExitStack
 ) -> tuple[Settings, dict[str, Any]]:
@@ -137,7 +118,7 @@ async def run_livia(
         simulators: dict[str, Any] = {}
         if demo:
             settings, simulators = await _start_demo_upstreams(settings, stack)
-        manager = build_manager(settings)
+        manager = await build_manager_checked(settings)
         stack.push_async_callback(_bounded, "concurrency manager", manager.aclose)
         store = Store(settings.store.url)
         await store.open()

@@ -31,6 +31,18 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+class _OneLineStartupErrors(logging.Filter):
+    """uvicorn logs a failed start-up as a whole traceback: keep its last line, the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Traceback"):
+            log.debug("start-up failed:\n%s", message)
+            record.msg = "cannot start: %s"
+            record.args = (message.strip().splitlines()[-1],)
+        return True
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
     parser.add_argument("--host", help="address to listen on (default: [server] host)")
@@ -58,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     server = _Server(config, app)
+    logging.getLogger("uvicorn.error").addFilter(_OneLineStartupErrors())
     server.run()
     return 0 if server.started else 1
