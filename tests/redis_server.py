@@ -78,10 +78,10 @@ class RedisServer:
                 if self.process.poll() is not None:
                     break
                 time.sleep(0.02)
-            last = self._stop_process()
+            last = self.stop_process()
         raise RuntimeError(f"redis-server did not start: {last or 'no answer to PING'}")
 
-    def _stop_process(self) -> str:
+    def stop_process(self) -> str:
         """Stop the subprocess (bounded); return what it wrote to stderr."""
         process, self.process = self.process, None
         if process is None:
@@ -99,7 +99,7 @@ class RedisServer:
         return err.decode(errors="replace").strip()
 
     def stop(self) -> None:
-        self._stop_process()
+        self.stop_process()
         self._dir.cleanup()
 
 

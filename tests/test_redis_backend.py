@@ -205,7 +205,8 @@ async def test_estimate_mirrors_the_memory_window(
         await limiter.release(grant)
         if i < 4:
             await asyncio.sleep(0.01)
-    starts = await client.zrange(backend.key("w", "requests_per_minute"), 0, -1, withscores=True)
+    key = backend.key("w", "requests_per_minute")
+    starts: list[Any] = await client.zrange(key, 0, -1, withscores=True)
     window = RequestWindow("requests_per_minute", 5, 60.0)
     for _, score in starts:
         window.record(score / 1e6)
@@ -284,7 +285,8 @@ async def test_cancelled_admissions_leave_no_orphan_lease(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.2)  # the background hand-backs
-    leases = {m.decode() for m in await client.zrange(backend.key("c", "leases"), 0, -1)}
+    members: list[Any] = await client.zrange(backend.key("c", "leases"), 0, -1)
+    leases = {m.decode() for m in members}
     assert leases == set(limiter.held)
 
 
@@ -361,7 +363,7 @@ async def test_redis_going_away_fails_closed_within_the_deadline() -> None:
         await backend.connect()
         manager = ConcurrencyManager({"x": ApiPolicy()}, backend=backend)
         await manager.run("x", Probe().op)
-        server._stop_process()
+        server.stop_process()
         denial = await limiter_of(manager, "x").acquire(1)
         assert isinstance(denial, Denial) and "cannot reach Redis" in denial.reason
         t0 = time.perf_counter()
