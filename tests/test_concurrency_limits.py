@@ -11,8 +11,12 @@ from livia.concurrency import (
     CapacityExhausted,
     CircuitOpen,
     ConcurrencyManager,
+    Denial,
+    Grant,
+    MemoryBackend,
     RetryableError,
 )
+from livia.concurrency.limiter import MemoryLimiter
 from tests.probes import Probe
 
 pytestmark = pytest.mark.looptime
@@ -240,3 +244,38 @@ async def test_stats_reset_keeps_gauges() -> None:
     stats = manager.get_stats("x")
     assert stats["total_requests"] == 0 and stats["successful_requests"] == 0
     assert stats["limits"]["max_concurrent"]["used"] == 0
+
+
+class FlakyBackend(MemoryBackend):
+    """The memory backend, but admission raises `failures` times (a shared store hiccup)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def limiter(self, api: str, policy: ApiPolicy) -> MemoryLimiter:
+        backend = self
+
+        class Flaky(MemoryLimiter):
+            async def acquire(self, cost: int) -> Grant | Denial:
+                if backend.failures > 0:
+                    backend.failures -= 1
+                    raise ConnectionError("store unreachable")
+                return await super().acquire(cost)
+
+        return Flaky(policy)
+
+
+async def test_admission_errors_neither_kill_the_queue_nor_wedge_the_breaker() -> None:
+    backend = FlakyBackend(failures=1)
+    manager = ConcurrencyManager({"x": ApiPolicy(max_concurrent=1)}, backend=backend)
+    with pytest.raises(ConnectionError):  # the caller's own admission fails: it is told
+        await manager.run("x", Probe().op)
+    assert manager.get_stats("x")["failed_requests"] == 1
+    busy = asyncio.ensure_future(manager.run("x", Probe(latency=1.0).op))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.ensure_future(manager.run("x", Probe().op))
+    await asyncio.sleep(0.1)
+    backend.failures = 2  # the queue's pump meets two failures, then the store is back
+    assert await waiting == "ok"
+    await busy
+    assert manager.get_stats("x")["successful_requests"] == 2

@@ -44,6 +44,7 @@ class Gate:
         self._queues: OrderedDict[str, deque[Waiter]] = OrderedDict()
         self._pump_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -124,7 +125,8 @@ class Gate:
         if waiter.future.done() and not waiter.future.cancelled():
             grant = waiter.future.result()
             task = asyncio.ensure_future(self.limiter.release(grant))
-            task.add_done_callback(lambda _: self.notify())
+            self._releasing.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._released)
             return
         waiter.future.cancel()
         queue = self._queues.get(waiter.key)
@@ -135,6 +137,12 @@ class Gate:
                 pass
             if not queue:
                 del self._queues[waiter.key]
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("releasing an unused slot failed api=%s: %s", self.api, task.exception())
+        self.notify()
 
     def _ahead(self, key: str) -> int:
         """How many waiters round-robin serves before a new waiter of `key`."""
@@ -176,7 +184,13 @@ class Gate:
         wake = self._wake
         assert wake is not None
         while (waiter := self._next()) is not None:
-            result = await self.limiter.acquire(waiter.cost)
+            try:
+                result: Grant | Denial = await self.limiter.acquire(waiter.cost)
+            except Exception as exc:  # e.g. a shared backend unreachable: keep trying, bounded
+                log.warning(
+                    "admission failed api=%s: %s; retrying in %.0fs", self.api, exc, MAX_IDLE
+                )
+                result = Denial(MAX_IDLE, "backend unavailable")
             if isinstance(result, Grant):
                 if waiter.future.done():  # its caller gave up while we asked
                     await self.limiter.release(result)

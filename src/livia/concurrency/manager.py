@@ -142,7 +142,7 @@ class ConcurrencyManager:
                 attempt += 1
                 try:
                     grant = await up.gate.enter(key, cost, give_up - loop_time())
-                except CapacityExhausted:
+                except Exception:  # CapacityExhausted, or the backend unreachable
                     stats.failed_requests += 1
                     up.breaker.neutral(probe)
                     raise
