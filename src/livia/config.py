@@ -140,6 +140,10 @@ class CoordinationConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Key prefix in Redis, so several deployments can share one server.
     prefix: str = "livia"
+    #: Seconds a dead process's slots stay taken before Redis frees them.
+    lease_ttl: float = Field(default=60.0, gt=0)
+    #: Seconds one Redis command may take.
+    timeout: float = Field(default=2.0, gt=0)
 
 
 class Settings(BaseSettings):

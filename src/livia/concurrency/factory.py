@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from livia.concurrency.limiter import Backend, MemoryBackend
 from livia.concurrency.manager import ConcurrencyManager
-from livia.concurrency.redis_backend import DEFAULT_LEASE_TTL, DEFAULT_TIMEOUT, RedisBackend
+from livia.concurrency.redis_backend import RedisBackend
 
 if TYPE_CHECKING:  # livia.config imports livia.concurrency: no runtime import back
     from livia.config import CoordinationConfig, Settings
@@ -18,12 +18,11 @@ log = logging.getLogger("livia.concurrency")
 def build_backend(coordination: CoordinationConfig) -> Backend:
     """The backend `[coordination]` names: limits in this process, or shared through Redis."""
     if coordination.backend == "redis":
-        # `lease_ttl` / `timeout` are taken from [coordination] once it declares them.
         return RedisBackend(
             coordination.redis_url,
             prefix=coordination.prefix,
-            lease_ttl=getattr(coordination, "lease_ttl", DEFAULT_LEASE_TTL),
-            timeout=getattr(coordination, "timeout", DEFAULT_TIMEOUT),
+            lease_ttl=coordination.lease_ttl,
+            timeout=coordination.timeout,
         )
     if coordination.backend != "memory":
         raise ValueError(
