@@ -1,0 +1,240 @@
+"""What a person reads: the machine, the results table, the JSON document, live progress."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from livia.bench.results import Result
+from livia.bench.runner import Job
+from livia.bench.scenarios import Scenario
+from livia.bench.strategies import LIVIA
+
+#: Efficiency at or above which a row is within the target (5 % of the bound).
+TARGET = 0.95
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine the figures come from: cores, CPU model, Python, load."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "loadavg": load,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def document(
+    results: Sequence[Result], scenarios: Sequence[Scenario], machine: dict[str, Any]
+) -> dict[str, Any]:
+    """The `--json` document: the machine, one row per (scenario, strategy), descriptions."""
+    return {
+        "machine": machine,
+        "scenarios": [r.to_json() for r in results],
+        "descriptions": {
+            s.name: {"title": s.title, "expect": s.expect, "limits": s.describe_limits()}
+            for s in scenarios
+        },
+    }
+
+
+def _seconds(value: float | None, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _efficiency(result: Result) -> Text:
+    value = result.efficiency
+    if math.isnan(value):
+        return Text("-")
+    style = "green" if value >= TARGET else "yellow" if value >= 0.8 else "red"
+    return Text(f"{value:.3f}", style=style if result.strategy == LIVIA else f"dim {style}")
+
+
+def table(results: Sequence[Result], scenarios: Sequence[Scenario]) -> Table:
+    """The results, one section per scenario; Livia's rows first and in bold."""
+    out = Table(title="livia bench", title_style="bold", header_style="bold", expand=False)
+    for name, justify in (
+        ("scenario", "left"),
+        ("strategy", "left"),
+        ("calls", "right"),
+        ("limit", "left"),
+        ("bound s", "right"),
+        ("ideal s", "right"),
+        ("measured s", "right"),
+        ("eff.", "right"),
+        ("peak", "right"),
+        ("over-limit", "right"),
+        ("429s", "right"),
+        ("p50 s", "right"),
+        ("p95 s", "right"),
+        ("speedup", "right"),
+        ("notes", "left"),
+    ):
+        wraps = name in ("limit", "notes")
+        out.add_column(
+            name,
+            justify="left" if justify == "left" else "right",
+            no_wrap=not wraps,
+            overflow="fold",
+            min_width=12 if wraps else None,
+        )
+    limits = {s.name: s.describe_limits() for s in scenarios}
+    first = True
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        if not first:
+            out.add_section()
+        first = False
+        rows = [r for r in results if r.scenario == scenario]
+        for i, r in enumerate(rows):
+            over = Text(str(r.over_limit), style="red" if r.over_limit else "")
+            out.add_row(
+                scenario if i == 0 else "",
+                Text(r.strategy, style="bold" if r.strategy == LIVIA else ""),
+                str(r.calls),
+                limits.get(scenario, r.limits) if i == 0 else "",
+                _seconds(r.bound_s),
+                _seconds(r.ideal_s),
+                _seconds(r.makespan_s),
+                _efficiency(r),
+                "/".join(str(p) for p in r.peak_concurrency.values()) or "-",
+                over,
+                str(r.http_429),
+                _seconds(r.p50_s),
+                _seconds(r.p95_s),
+                f"{r.speedup:.1f}x" if r.speedup is not None else "-",
+                r.notes,
+            )
+    return out
+
+
+def legend(scenarios: Sequence[Scenario]) -> Group:
+    """What each scenario shows and what its figures should be (from DESIGN.md)."""
+    lines = [Text("What to expect", style="bold")]
+    for s in scenarios:
+        lines.append(Text.assemble((f"{s.name}: ", "bold"), f"{s.title}. Expect: {s.expect}."))
+    lines.append(
+        Text(
+            "bound: max(ceil(A/C)·L, floor((A-1)/R)·60 s + L, each user's chain of calls with "
+            "the policy's backoff after a 5xx), A = attempts the upstream had to serve (429s "
+            "excluded), C and R its real limits, L its latency. ideal: the same calls and "
+            "failures on a perfect first-come-first-served scheduler (no overhead, no "
+            "jitter). eff. = bound / measured. peak, over-limit and 429s as the simulator "
+            "counted them. speedup = the serial baseline's time / this row's.",
+            style="dim",
+        )
+    )
+    return Group(*lines)
+
+
+def verdicts(results: Sequence[Result], scenarios: Sequence[Scenario]) -> list[str]:
+    """Livia against the target: one line per scenario it misses, and a count.
+
+    The target: efficiency of at least 0.95 against the bound (or, when a failure's
+    backoff makes the closed form unreachable, against the ideal scheduler) and no request
+    over a limit, except where the policy is configured above the real limit (429 storms,
+    where the first wave of 429s is how Livia learns).
+    """
+    by_name = {s.name: s for s in scenarios}
+    misses, rows = [], 0
+    for r in results:
+        if r.strategy != LIVIA:
+            continue
+        rows += 1
+        scenario = by_name.get(r.scenario)
+        reasons = []
+        if math.isnan(r.efficiency):
+            reasons.append(r.notes or "no measurement")
+        elif r.efficiency < TARGET:
+            reachable = r.ideal_s > r.bound_s * 1.01
+            if reachable and r.ideal_efficiency >= TARGET:
+                pass  # the closed form is out of reach for any scheduler; the ideal is met
+            else:
+                reasons.append(f"efficiency {r.efficiency:.3f}")
+        if r.over_limit and not (scenario and scenario.misconfigured):
+            reasons.append(f"{r.over_limit} requests over the limit")
+        if reasons:
+            misses.append(f"{r.scenario}: " + ", ".join(reasons))
+    met = rows - len(misses)
+    return [f"livia meets the target in {met} of {rows} scenarios", *misses]
+
+
+class LiveProgress:
+    """A rich progress bar per scenario (calls done over calls planned, all strategies)."""
+
+    def __init__(self, jobs: Sequence[Job], console: Console | None = None) -> None:
+        self.console = console or Console(file=sys.stderr)
+        self.bar = Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._left: dict[str, int] = {}
+        for job in jobs:
+            name = job.scenario.name
+            if name not in self._tasks:
+                self._tasks[name] = self.bar.add_task(name, total=0, start=False, status="waiting")
+                self._left[name] = 0
+            task = self.bar.tasks[self._tasks[name]]
+            self.bar.update(self._tasks[name], total=(task.total or 0) + job.scenario.calls)
+            self._left[name] += 1
+
+    def __enter__(self) -> LiveProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def job_started(self, job: Job) -> None:
+        task = self._tasks[job.scenario.name]
+        self.bar.start_task(task)
+        self.bar.update(task, status="running")
+
+    def call_done(self, job: Job) -> None:
+        self.bar.advance(self._tasks[job.scenario.name])
+
+    def job_finished(self, job: Job, result: Result) -> None:
+        name = job.scenario.name
+        self._left[name] -= 1
+        if not self._left[name]:
+            self.bar.update(self._tasks[name], status="done")
