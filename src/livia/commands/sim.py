@@ -14,7 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from livia.sim.latency import parse_latency
 
@@ -42,27 +43,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--rpm", type=_count, default=0, metavar="N", help="requests per minute")
     model.add_argument("--rph", type=_count, default=0, metavar="N", help="requests per hour")
     model.add_argument("--tpm", type=_count, default=0, metavar="N", help="tokens per minute")
-    model.add_argument(
-        "--fail-rate",
-        type=_rate,
-        default=0.0,
-        metavar="P",
-        help="share of requests answered 500/503",
-    )
-    model.add_argument(
-        "--timeout-rate",
-        type=_rate,
-        default=0.0,
-        metavar="P",
-        help="share of requests left hanging until the client gives up",
-    )
-    model.add_argument(
-        "--drop-rate",
-        type=_rate,
-        default=0.0,
-        metavar="P",
-        help="share of requests whose connection is closed without an answer",
-    )
+    for flag, what in (
+        ("--fail-rate", "answered 500/503"),
+        ("--timeout-rate", "left hanging until the client gives up"),
+        ("--drop-rate", "whose connection is closed without an answer"),
+    ):
+        model.add_argument(
+            flag, type=_rate, default=0.0, metavar="P", help=f"share of requests {what}"
+        )
     model.add_argument(
         "--hang-max",
         type=_seconds,
@@ -215,12 +203,19 @@ def _summary(stats: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
 
 # --- option types: a bad value is a one-line argparse error, exit 2 -------------------
 
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(kind: Callable[[str], _Number], text: str, expected: str) -> _Number:
+    """`text` read by `kind` (int or float); an argparse error saying what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(int, text, "a whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -234,20 +229,14 @@ def _port(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    value = _number(float, text, "a probability")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    value = _number(float, text, "seconds")
     if not 0 < value <= 3600:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600, got {text}")
     return value

@@ -1,5 +1,7 @@
 """Running a simulator's HTTP server inside the current event loop, on a real socket.
 
+`SimServer` is the simulators' common base: `async with` starts and stops them.
+
 The socket is bound before the server starts, so a busy port fails at once with an
 `OSError` in the caller (not inside a background task), and port 0 gives a free port
 that is known as soon as `start` returns.
@@ -12,7 +14,9 @@ import contextlib
 import ipaddress
 import logging
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Self
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -49,6 +53,25 @@ def base_url(host: str, sock: socket.socket) -> str:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+class SimServer(ABC):
+    """A simulated server; `async with server:` serves on a free local port meanwhile."""
+
+    @abstractmethod
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on (host, port) (0: any free port); returns the URL to give a client."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop serving."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -32,8 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from livia.sim import zapier
-from livia.sim._serving import UvicornRunner
-from livia.sim.latency import Latency, parse_latency
+from livia.sim._serving import SimServer, UvicornRunner
+from livia.sim._stats import SimConfigMixin, SimStatsMixin, wants_timeline, zero_counts
+from livia.sim.latency import Latency
 from livia.sim.limits import SlidingWindow, format_duration
 from livia.sim.timeline import Timeline
 
@@ -43,7 +44,7 @@ _OVER_LIMIT_KINDS = ("concurrency", "quota")
 
 
 @dataclass(frozen=True)
-class SimMcpConfig:
+class SimMcpConfig(SimConfigMixin):
     """How the simulated tool server behaves. Limits of 0 are off.
 
     `latency` is seconds or a spec such as "lognormal:1:4" (see `livia.sim.latency`),
@@ -60,20 +61,9 @@ class SimMcpConfig:
     max_timeline: int = 100_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "latency", parse_latency(self.latency))
-        for name in ("max_concurrent", "quota_per_hour"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(
-                    f"{name} must be 0 (off) or a positive whole number, got {value!r}"
-                )
+        self._check_limits("max_concurrent", "quota_per_hour")
         if self.max_timeline < 0:
             raise ValueError("max_timeline must not be negative")
-
-    @property
-    def latency_model(self) -> Latency:
-        """`latency` as a `Latency` (it always is one after construction)."""
-        return parse_latency(self.latency)
 
     def describe(self) -> str:
         """A one-line summary for logs."""
@@ -86,7 +76,7 @@ class SimMcpConfig:
 
 
 @dataclass
-class SimMcpStats:
+class SimMcpStats(SimStatsMixin):
     """What the simulated tool server has seen since start or the last reset."""
 
     #: Tool calls received (refused ones included).
@@ -98,54 +88,15 @@ class SimMcpStats:
     #: Calls refused for a limit (too many concurrent calls, or the hourly quota spent).
     over_limit: int = 0
     #: `over_limit` by limit; a call over both counts under each.
-    over_limit_by: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(_OVER_LIMIT_KINDS, 0)
-    )
+    over_limit_by: dict[str, int] = field(default_factory=zero_counts(_OVER_LIMIT_KINDS))
     #: Calls that the client abandoned before the result.
     cancelled: int = 0
     #: Tool calls by tool name.
     by_tool: dict[str, int] = field(default_factory=dict)
     timeline: Timeline = field(default_factory=Timeline)
 
-    @property
-    def in_flight(self) -> int:
-        """Tool calls running now."""
-        return self.timeline.in_flight
 
-    @property
-    def peak_concurrency(self) -> int:
-        """The most tool calls that ran at once."""
-        return self.timeline.peak
-
-    def reset(self) -> None:
-        """Zero every counter and start a new timeline (running calls stay counted)."""
-        fresh = SimMcpStats()
-        for name in self.__dataclass_fields__:
-            if name != "timeline":
-                setattr(self, name, getattr(fresh, name))
-        self.timeline.reset()
-
-    def as_dict(self, *, timeline: bool = True) -> dict[str, Any]:
-        """The counters as JSON-ready data (with the per-call timeline if `timeline`)."""
-        tl = self.timeline
-        out: dict[str, Any] = {
-            name: getattr(self, name) for name in self.__dataclass_fields__ if name != "timeline"
-        }
-        out["over_limit_by"] = dict(self.over_limit_by)
-        out["by_tool"] = dict(self.by_tool)
-        out["in_flight"] = tl.in_flight
-        out["peak_concurrency"] = tl.peak
-        out["t0"] = tl.t0
-        out["started_at"] = tl.started_at
-        out["elapsed"] = round(tl.clock() - tl.t0, 6)
-        if timeline:
-            out["timeline"] = tl.spans_json()
-            out["timeline_dropped"] = tl.spans_dropped
-            out["inflight"] = [list(point) for point in tl.series()]
-        return out
-
-
-class SimMcp:
+class SimMcp(SimServer):
     """The simulated MCP server; `async with SimMcp(config) as sim:` runs it.
 
     `start()` returns the streamable HTTP endpoint to give an MCP client (".../mcp").
@@ -180,13 +131,6 @@ class SimMcp:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.stop()
-
-    async def __aenter__(self) -> SimMcp:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def reset(self) -> None:
         """Zero the counters, refill the quota and restart the random sequence."""
@@ -316,8 +260,7 @@ class SimMcp:
     # --- admin routes ------------------------------------------------------------------
 
     async def _stats_route(self, request: Request) -> JSONResponse:
-        timeline = request.query_params.get("timeline", "1").lower() not in ("0", "false", "no")
-        return JSONResponse(self.snapshot(timeline=timeline))
+        return JSONResponse(self.snapshot(timeline=wants_timeline(request.query_params)))
 
     async def _reset_route(self, request: Request) -> JSONResponse:
         self.reset()

@@ -32,8 +32,9 @@ from typing import Any
 from aiohttp import web
 
 from livia.sim import openai_wire as wire
-from livia.sim._serving import BACKLOG, base_url, bind_socket
-from livia.sim.latency import Latency, parse_latency
+from livia.sim._serving import BACKLOG, SimServer, base_url, bind_socket
+from livia.sim._stats import SimConfigMixin, SimStatsMixin, wants_timeline, zero_counts
+from livia.sim.latency import Latency
 from livia.sim.limits import SlidingWindow, format_duration
 from livia.sim.replies import Reply, completion_tokens, compose_reply, prompt_tokens
 from livia.sim.timeline import Timeline
@@ -50,7 +51,7 @@ DEFAULT_MODELS = ("livia-sim", "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1
 
 
 @dataclass(frozen=True)
-class SimOpenAIConfig:
+class SimOpenAIConfig(SimConfigMixin):
     """How the simulated model behaves. Limits of 0 are off.
 
     `latency` is seconds or a spec such as "lognormal:1.5:6" (see `livia.sim.latency`).
@@ -77,10 +78,9 @@ class SimOpenAIConfig:
     max_timeline: int = 100_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "latency", parse_latency(self.latency))
-        for name in ("max_concurrent", "requests_per_minute", "requests_per_hour"):
-            _check_count(name, getattr(self, name))
-        _check_count("tokens_per_minute", self.tokens_per_minute)
+        self._check_limits(
+            "max_concurrent", "requests_per_minute", "requests_per_hour", "tokens_per_minute"
+        )
         for name in ("fail_rate", "timeout_rate", "drop_rate"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
@@ -93,11 +93,6 @@ class SimOpenAIConfig:
             raise ValueError("models must name at least one model")
         if self.max_timeline < 0:
             raise ValueError("max_timeline must not be negative")
-
-    @property
-    def latency_model(self) -> Latency:
-        """`latency` as a `Latency` (it always is one after construction)."""
-        return parse_latency(self.latency)
 
     def describe(self) -> str:
         """A one-line summary for logs."""
@@ -122,16 +117,11 @@ class SimOpenAIConfig:
         return ", ".join(parts)
 
 
-def _check_count(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be 0 (off) or a positive whole number, got {value!r}")
-
-
 _OVER_LIMIT_KINDS = ("concurrency", "requests", "tokens")
 
 
 @dataclass
-class SimOpenAIStats:
+class SimOpenAIStats(SimStatsMixin):
     """What the simulated model has seen since start or the last reset."""
 
     #: Chat completion requests that arrived.
@@ -147,9 +137,7 @@ class SimOpenAIStats:
     #: Requests that arrived over a limit (refused, or served with limits not enforced).
     over_limit: int = 0
     #: `over_limit` by limit; a request over several limits counts under each.
-    over_limit_by: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(_OVER_LIMIT_KINDS, 0)
-    )
+    over_limit_by: dict[str, int] = field(default_factory=zero_counts(_OVER_LIMIT_KINDS))
     #: 500/503 responses sent on purpose (`fail_rate`).
     failed: int = 0
     #: Connections closed without a response on purpose (`drop_rate`).
@@ -164,42 +152,8 @@ class SimOpenAIStats:
     completion_tokens: int = 0
     timeline: Timeline = field(default_factory=Timeline)
 
-    @property
-    def in_flight(self) -> int:
-        """Requests running now."""
-        return self.timeline.in_flight
-
-    @property
-    def peak_concurrency(self) -> int:
-        """The most requests that ran at once."""
-        return self.timeline.peak
-
-    def reset(self) -> None:
-        """Zero every counter and start a new timeline (running requests stay counted)."""
-        fresh = SimOpenAIStats()
-        for name in self.__dataclass_fields__:
-            if name != "timeline":
-                setattr(self, name, getattr(fresh, name))
-        self.timeline.reset()
-
-    def as_dict(self, *, timeline: bool = True) -> dict[str, Any]:
-        """The `/sim/stats` JSON (without the per-request timeline if `timeline` is False)."""
-        tl = self.timeline
-        out: dict[str, Any] = {
-            name: getattr(self, name) for name in self.__dataclass_fields__ if name != "timeline"
-        }
-        out["over_limit_by"] = dict(self.over_limit_by)
-        out["total_tokens"] = self.prompt_tokens + self.completion_tokens
-        out["in_flight"] = tl.in_flight
-        out["peak_concurrency"] = tl.peak
-        out["t0"] = tl.t0
-        out["started_at"] = tl.started_at
-        out["elapsed"] = round(tl.clock() - tl.t0, 6)
-        if timeline:
-            out["timeline"] = tl.spans_json()
-            out["timeline_dropped"] = tl.spans_dropped
-            out["inflight"] = [list(point) for point in tl.series()]
-        return out
+    def _derived(self) -> dict[str, Any]:
+        return {"total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +206,7 @@ class _Call:
         return wire.usage_body(self.prompt_tokens, self.completion_tokens)
 
 
-class SimOpenAI:
+class SimOpenAI(SimServer):
     """The simulated OpenAI server; `async with SimOpenAI(config) as sim:` runs it.
 
     `start()` returns the base URL to give an OpenAI client (".../v1"). The counters are
@@ -314,13 +268,6 @@ class SimOpenAI:
                 await asyncio.wait_for(runner.cleanup(), 10.0)
             except TimeoutError:
                 log.warning("simulated OpenAI did not stop within 10 s")
-
-    async def __aenter__(self) -> SimOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def reset(self) -> None:
         """Zero the counters, empty the rate windows and restart the random sequence."""
@@ -616,8 +563,9 @@ class SimOpenAI:
         )
 
     async def _stats(self, request: web.Request) -> web.Response:
-        timeline = request.query.get("timeline", "1").lower() not in ("0", "false", "no")
-        return web.json_response(self.snapshot(timeline=timeline), dumps=wire.dumps)
+        return web.json_response(
+            self.snapshot(timeline=wants_timeline(request.query)), dumps=wire.dumps
+        )
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()

@@ -107,17 +107,22 @@ def stream_events(
     `stream_options.include_usage` does. The chunks share one pre-encoded envelope, so a
     long reply costs one small `json.dumps` per piece.
     """
-    envelope = dumps(
-        {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": "@",
-        }
-    )
+
+    def chunk(**fields: Any) -> str:
+        """A `chat.completion.chunk` with `fields` after the common ones, as JSON."""
+        return dumps(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                **fields,
+            }
+        )
+
+    envelope = chunk(choices="@")
     head, _, tail = envelope.rpartition('"@"')
     head = "data: " + head + '[{"index":0,"delta":'
     usage_null = ',"usage":null' if include_usage else ""
@@ -157,18 +162,7 @@ def stream_events(
         )
     events.append(event("{}", reply.finish_reason))
     if include_usage:
-        last = dumps(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "service_tier": "default",
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": [],
-                "usage": usage,
-            }
-        )
+        last = chunk(choices=[], usage=usage)
         events.append(b"data: " + last.encode("utf-8") + b"\n\n")
     events.append(SSE_DONE)
     return events

@@ -392,51 +392,35 @@ class ReplyStream:
             # The reply is not what was streamed (an apology after a failure, a broken
             # stream): replace the message with the whole final text.
             parts = split_text(to_mrkdwn(text), MESSAGE_LIMIT)
-            try:
-                await self._call(
-                    "chat.update", final=True, channel=t.channel, ts=self._ts, text=parts[0]
-                )
-            except SlackApiError as exc:
-                self._log("chat.update", exc)
+            if not await self._update_final(parts[0]):
                 await post_reply(self._api, t, text, deadline=self._final_deadline)
                 return
             for part in parts[1:]:
-                await self._call(
-                    "chat.postMessage",
-                    final=True,
-                    channel=t.channel,
-                    thread_ts=t.thread_ts,
-                    text=part,
-                )
+                await self._post_final(part)
 
     async def _write_final(self, text: str) -> None:
-        t = self._target
         parts = split_text(to_mrkdwn(text), MESSAGE_LIMIT)
-        if self._ts is not None:
-            try:
-                await self._call(
-                    "chat.update", final=True, channel=t.channel, ts=self._ts, text=parts[0]
-                )
-            except SlackApiError as exc:
-                self._log("chat.update", exc)
-                resp = await self._call(
-                    "chat.postMessage",
-                    final=True,
-                    channel=t.channel,
-                    thread_ts=t.thread_ts,
-                    text=parts[0],
-                )
-                self._ts = str(resp.get("ts") or "") or None
-        else:
-            resp = await self._call(
-                "chat.postMessage",
-                final=True,
-                channel=t.channel,
-                thread_ts=t.thread_ts,
-                text=parts[0],
-            )
+        if self._ts is None or not await self._update_final(parts[0]):
+            resp = await self._post_final(parts[0])
             self._ts = str(resp.get("ts") or "") or None
         for part in parts[1:]:
+            await self._post_final(part)
+
+    async def _update_final(self, text: str) -> bool:
+        """Replace the reply message's text; False (logged) if Slack refuses."""
+        assert self._ts is not None
+        try:
             await self._call(
-                "chat.postMessage", final=True, channel=t.channel, thread_ts=t.thread_ts, text=part
+                "chat.update", final=True, channel=self._target.channel, ts=self._ts, text=text
             )
+        except SlackApiError as exc:
+            self._log("chat.update", exc)
+            return False
+        return True
+
+    async def _post_final(self, text: str) -> dict[str, object]:
+        """Post `text` (mrkdwn) in the target thread, as part of the final reply."""
+        t = self._target
+        return await self._call(
+            "chat.postMessage", final=True, channel=t.channel, thread_ts=t.thread_ts, text=text
+        )
