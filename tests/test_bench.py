@@ -226,3 +226,26 @@ def test_percentiles_and_failed_rows_are_json_safe() -> None:
     assert math.isnan(percentile([], 0.5))
     values = [random.random() for _ in range(101)]
     assert percentile(values, 0.95) == pytest.approx(sorted(values)[95])
+
+
+def test_verdicts_tell_misses_from_caveats_and_markdown_has_every_row() -> None:
+    from livia.bench.report import markdown, verdicts
+    from livia.bench.results import Result
+
+    def row(name: str, bound: float, ideal: float, measured: float, over: int = 0) -> Result:
+        return Result(
+            name, LIVIA, 1, 1, 1, "limits", bound, ideal, measured, {"openai": 1}, over, over, 1, 1
+        )
+
+    results = [
+        row("flaky", 9.5, 11.5, 11.6),  # closed form out of reach, ideal met
+        row("429-storm", 60.25, 60.5, 60.9, over=4),  # configured above the real limit
+        row("rate-bound", 60.25, 60.25, 61.3, over=8),
+        row("429-storm-slots", 3.0, 3.0, 5.0),
+    ]
+    headline, misses, caveats = verdicts(results, catalogue(quick=True))
+    assert "2 of 4" in headline
+    assert misses == ["rate-bound: 8 requests over the limit", "429-storm-slots: efficiency 0.600"]
+    assert [c.split(":")[0] for c in caveats] == ["flaky", "429-storm"]
+    table = markdown(results, {"nproc": 2, "cpu_model": "cpu", "python": "3.11"})
+    assert all(f"| {r.scenario} |" in table for r in results)

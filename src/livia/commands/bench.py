@@ -60,6 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--plot", metavar="FILE", help="write a PNG timeline of requests in flight to FILE"
     )
     parser.add_argument(
+        "--markdown", metavar="FILE", help="write the results table as Markdown to FILE"
+    )
+    parser.add_argument(
         "--isolated",
         action="store_true",
         help="run every (scenario, strategy) alone, one after another (slower, no overlap)",
@@ -131,15 +134,22 @@ def _output(
         f"[dim]{machine['nproc']} cores, {machine['cpu_model']}, Python {machine['python']}; "
         f"{len(results)} jobs in {wall:.1f} s[/]"
     )
-    verdict, *misses = report.verdicts(results, scenarios)
-    console.print(f"[bold]{verdict}[/]" + (" (efficiency >= 0.95, no request over a limit)"))
+    headline, misses, caveats = report.verdicts(results, scenarios)
+    console.print(f"[bold]{headline}[/]")
     for line in misses:
         console.print(f"[yellow]  below target:[/] {line}")
+    for line in caveats:
+        console.print(f"[dim]  note:[/] {line}")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.document(results, scenarios, machine), indent=2) + "\n")
         console.print(f"results written to {path}")
+    if args.markdown:
+        path = Path(args.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report.markdown(results, machine))
+        console.print(f"table written to {path}")
     if args.plot:
         from livia.bench.plot import plot_timelines
 
@@ -156,7 +166,11 @@ def _command(args: argparse.Namespace) -> str:
     for option, values in (("--scenario", args.scenario), ("--strategy", args.strategy)):
         for value in values or []:
             words += [option, value]
-    for option, value in (("--json", args.json), ("--plot", args.plot)):
+    for option, value in (
+        ("--json", args.json),
+        ("--markdown", args.markdown),
+        ("--plot", args.plot),
+    ):
         if value:
             words += [option, value]
     return " ".join(shlex.quote(w) for w in words)
