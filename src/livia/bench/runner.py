@@ -4,11 +4,11 @@ A job starts its simulators and client, waits for the other jobs of its group to
 ready (so no simulator start-up steals CPU from a measurement), zeroes the simulators,
 runs the users' calls through the strategy, and reads what the simulators counted.
 
-`run_plan` schedules the jobs on one event loop. Jobs that spend their time waiting run
-in background lanes from the start: first the scenarios a per-minute window binds
-(nothing makes them shorter than a minute), then the serial baseline. The other jobs run
-one scenario at a time, that scenario's strategies side by side, their starts staggered
-over one latency. The background lanes add a few requests a second, which is what keeps
+`run_plan` schedules the jobs on one event loop. Jobs that spend their time waiting —
+the scenarios a per-minute window binds (nothing makes them shorter than a minute) and
+the serial baseline — run in a background lane from the start. The other jobs run one
+scenario at a time, that scenario's strategies side by side, their starts staggered
+over one latency. The background lane adds a few requests a second, which is what keeps
 a full `--quick` report near one minute on 2 cores; `isolated=True` runs each job alone.
 """
 
@@ -105,20 +105,17 @@ async def run_plan(
             results.update(await _run_group([job], progress))
         with_speedups(list(results.values()))
         return [results[j] for j in jobs]
-    # Scenarios a per-minute window binds go first: nothing can make them shorter.
-    lanes = [
-        [j for j in jobs if j.background and j.scenario.background],
-        [j for j in jobs if j.background and not j.scenario.background],
-    ]
+    # All background jobs set up before any starts: a simulator starting up takes the
+    # CPU from a measurement under way.
+    background = [j for j in jobs if j.background]
     running: list[asyncio.Task[dict[Job, Result]]] = []
     try:
-        for lane in lanes:
-            started = asyncio.Event()
-            running.append(
-                asyncio.create_task(_run_group(lane, progress, started), name="bench-background")
-            )
-            async with asyncio.timeout(SETUP_TIMEOUT):
-                await started.wait()  # the lane sets it even when it fails
+        started = asyncio.Event()
+        running.append(
+            asyncio.create_task(_run_group(background, progress, started), name="bench-background")
+        )
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            await started.wait()  # the lane sets it even when it fails
         foreground = [j for j in jobs if not j.background]
         for _, group in itertools.groupby(foreground, key=lambda j: j.scenario.name):
             results.update(await _run_group(list(group), progress))

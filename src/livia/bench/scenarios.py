@@ -101,14 +101,13 @@ class Scenario:
         return False
 
     def describe_limits(self) -> str:
-        """The real limits, and the configured ones where they differ."""
+        """The real limits, and the configured ones where they allow more."""
         parts = []
         for spec in self.upstreams:
             text = spec.describe()
             policy = self.policies[spec.api]
-            if (policy.max_concurrent, policy.requests_per_minute) != (
-                spec.max_concurrent,
-                spec.requests_per_minute,
+            if policy.max_concurrent > spec.max_concurrent or (
+                spec.requests_per_minute and policy.requests_per_minute > spec.requests_per_minute
             ):
                 text += (
                     f" (configured {policy.max_concurrent} at once, "

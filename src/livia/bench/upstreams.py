@@ -106,10 +106,12 @@ class UpstreamSpec:
         return tuple(out)
 
     def describe(self) -> str:
-        """The real limits in a few words, e.g. "openai 8 at once, 500/min"."""
+        """The real limits in a few words, e.g. "openai 8 at once, 500/min, 10000/hour"."""
         parts = [f"{self.api} {self.max_concurrent} at once"]
         if self.requests_per_minute:
             parts.append(f"{self.requests_per_minute}/min")
+        if self.requests_per_hour:
+            parts.append(f"{self.requests_per_hour}/hour")
         if self.fail_rate:
             parts.append(f"{self.fail_rate:.0%} 5xx")
         return ", ".join(parts)
