@@ -250,6 +250,9 @@ async def _workload(
             except RetryableError as exc:
                 trial.outcome = REFUSED if exc.status == 429 else FAILED
                 raise
+            except asyncio.CancelledError:
+                trial.outcome = "cancelled"
+                raise
             except BaseException:
                 trial.outcome = FAILED
                 raise
@@ -282,6 +285,7 @@ async def _workload(
         for record in records:
             if math.isnan(record.finished):
                 record.finished = clock()
+            if not record.ok and not record.error:
                 record.error = "stopped: the job ran out of time"
     return records
 
