@@ -21,6 +21,9 @@ from tests.probes import Probe
 
 pytestmark = pytest.mark.looptime
 
+#: Windows are spaced this much wider than the upstream's, against network jitter.
+MARGIN = ApiPolicy().window_margin
+
 
 def one(**fields: object) -> ConcurrencyManager:
     return ConcurrencyManager({"x": ApiPolicy(**fields)})  # type: ignore[arg-type]
@@ -61,7 +64,7 @@ async def test_hourly_window_binds_before_the_minute_one() -> None:
     for _ in range(7):
         await manager.run("x", probe.op)
     # 5 in the first minute, 2 more once the minute window slid: then the hour binds.
-    assert probe.starts[5] - t0 == pytest.approx(60, abs=0.01)
+    assert probe.starts[5] - t0 == pytest.approx(60 + MARGIN, abs=0.01)
     with pytest.raises(CapacityExhausted) as info:
         await manager.run("x", probe.op)
     assert "per hour" in str(info.value)
@@ -84,7 +87,7 @@ async def test_retries_count_against_the_window() -> None:
     assert await manager.run("x", probe.op) == "ok"
     # attempts 1-3 fill the minute; attempt 4 must wait for the window.
     assert len(probe.starts) == 4
-    assert probe.starts[3] - t0 == pytest.approx(60, abs=0.01)
+    assert probe.starts[3] - t0 == pytest.approx(60 + MARGIN, abs=0.01)
 
 
 async def test_backoff_releases_the_slot() -> None:
@@ -222,7 +225,7 @@ async def test_token_budget_is_reserved_then_settled_with_real_usage() -> None:
     await manager.run("x", op, cost=800)  # fits only because the first was settled
     assert loop.time() == t0
     await manager.run("x", op, cost=900)  # 100 + 100 + 900 > 1000: waits for the window
-    assert loop.time() - t0 == pytest.approx(60, abs=0.01)
+    assert loop.time() - t0 == pytest.approx(60 + MARGIN, abs=0.01)
     assert manager.get_stats("x")["limits"]["tokens_per_minute"]["used"] == 100
 
 
@@ -279,3 +282,18 @@ async def test_admission_errors_neither_kill_the_queue_nor_wedge_the_breaker() -
     assert await waiting == "ok"
     await busy
     assert manager.get_stats("x")["successful_requests"] == 2
+
+
+async def test_window_margin_spaces_starts_past_the_upstreams_window() -> None:
+    manager = one(requests_per_minute=2, window_margin=0.25)
+    probe = Probe()
+    for _ in range(3):
+        await manager.run("x", probe.op)
+    assert probe.starts[2] - probe.starts[0] == pytest.approx(60.25, abs=0.001)
+
+
+async def test_a_429_waits_what_the_upstream_asked_not_backoff_on_top() -> None:
+    manager = one(retry_attempts=2, backoff_min=5, backoff_max=5, backoff_jitter=0)
+    probe = Probe(failures=[RetryableError("429", status=429, retry_after=0.5)])
+    assert await manager.run("x", probe.op) == "ok"
+    assert probe.starts[1] - probe.starts[0] == pytest.approx(0.5, abs=0.001)

@@ -43,6 +43,7 @@ class ApiConfig(_Section):
     backoff_jitter: float | None = Field(default=None, ge=0)
     max_wait: float | None = Field(default=None, ge=0)
     attempt_timeout: float | None = Field(default=None, ge=0)
+    window_margin: float | None = Field(default=None, ge=0)
     circuit_failures: int | None = Field(default=None, ge=0)
     circuit_cooloff: float | None = Field(default=None, ge=0)
 

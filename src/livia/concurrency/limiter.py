@@ -102,8 +102,15 @@ class MemoryLimiter:
     def __init__(self, policy: ApiPolicy) -> None:
         self.policy = policy
         self.in_flight = 0
-        self.windows = [RequestWindow(name, limit, secs) for name, limit, secs in policy.windows]
-        self.tokens = TokenWindow(policy.tokens_per_minute) if policy.tokens_per_minute else None
+        self.windows = [
+            RequestWindow(name, limit, secs + policy.window_margin)
+            for name, limit, secs in policy.windows
+        ]
+        self.tokens = (
+            TokenWindow(policy.tokens_per_minute, policy.token_window)
+            if policy.tokens_per_minute
+            else None
+        )
         self.paused_until = 0.0
 
     def _check(self, now: float, cost: int, ahead: int) -> Denial | None:
@@ -160,17 +167,17 @@ class MemoryLimiter:
                 "window_s": 0,
             }
         }
-        for window in self.windows:
+        for window, (_, _, seconds) in zip(self.windows, self.policy.windows, strict=True):
             out[window.name] = {
                 "limit": window.limit,
                 "used": window.used(now),
-                "window_s": window.seconds,
+                "window_s": seconds,
             }
         if self.tokens is not None:
             out["tokens_per_minute"] = {
                 "limit": self.tokens.limit,
                 "used": self.tokens.used(now),
-                "window_s": self.tokens.seconds,
+                "window_s": 60.0,
             }
         return out
 

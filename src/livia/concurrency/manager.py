@@ -226,11 +226,16 @@ class ConcurrencyManager:
                 _short(exc),
             )
             raise exc
-        wait = backoff_wait(up.backoff, attempt, policy.backoff_max)
-        if failure.retry_after is not None:
-            wait = max(wait, failure.retry_after)
+        if failure.rate_limited and failure.retry_after is not None:
+            # The upstream said when: that is the wait (for the whole upstream, below);
+            # backoff on top would only leave capacity unused.
+            wait = failure.retry_after
+        else:
+            wait = backoff_wait(up.backoff, attempt, policy.backoff_max)
+            if failure.retry_after is not None:
+                wait = max(wait, failure.retry_after)
         if failure.rate_limited:
-            await up.gate.limiter.pause(failure.retry_after if failure.retry_after else wait)
+            await up.gate.limiter.pause(wait)
         if now + wait > give_up:
             stats.failed_requests += 1
             stats.capacity_exhausted += 1

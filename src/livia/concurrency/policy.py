@@ -27,6 +27,10 @@ class ApiPolicy:
     max_wait: float = 300.0
     #: Seconds one attempt may run before it is cancelled and counted as a timeout (0 = none).
     attempt_timeout: float = 0.0
+    #: Seconds added to every window, so starts are spaced a little wider than the
+    #: upstream's own window: a request admitted the instant the window frees may arrive
+    #: a few ms after an earlier one that travelled faster, and must still fit.
+    window_margin: float = 0.1
     #: Consecutive failed calls that open the circuit (0 = no breaker).
     circuit_failures: int = 5
     #: Seconds the circuit stays open before one probe call is let through.
@@ -42,7 +46,13 @@ class ApiPolicy:
             raise ValueError("retry_attempts must be at least 1")
         if not 0 <= self.backoff_min <= self.backoff_max:
             raise ValueError("backoff_min must be between 0 and backoff_max")
-        for name in ("backoff_jitter", "max_wait", "attempt_timeout", "circuit_cooloff"):
+        for name in (
+            "backoff_jitter",
+            "max_wait",
+            "attempt_timeout",
+            "window_margin",
+            "circuit_cooloff",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.circuit_failures < 0:
@@ -50,13 +60,21 @@ class ApiPolicy:
 
     @property
     def windows(self) -> tuple[tuple[str, int, float], ...]:
-        """The request windows in force, as (name, limit, seconds)."""
+        """The request windows in force, as (name, limit, the upstream's seconds).
+
+        Admission spaces starts over ``seconds + window_margin``.
+        """
         out = []
         if self.requests_per_minute:
             out.append(("requests_per_minute", self.requests_per_minute, 60.0))
         if self.requests_per_hour:
             out.append(("requests_per_hour", self.requests_per_hour, 3600.0))
         return tuple(out)
+
+    @property
+    def token_window(self) -> float:
+        """Seconds of the tokens-per-minute window, `window_margin` included."""
+        return 60.0 + self.window_margin
 
     def updated(self, **changes: Any) -> ApiPolicy:
         """A copy with some fields changed (unknown names raise `TypeError`)."""

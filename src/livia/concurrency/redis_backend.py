@@ -336,9 +336,9 @@ class RedisLimiter:
             key(api, "tokens_sum"),
             *(key(api, name) for name, _, _ in self._windows),
         ]
-        self._policy_args: list[int] = [policy.tokens_per_minute, 60 * _US]
+        self._policy_args: list[int] = [policy.tokens_per_minute, round(policy.token_window * _US)]
         for _, limit, seconds in self._windows:
-            self._policy_args += [limit, round(seconds * _US)]
+            self._policy_args += [limit, round((seconds + policy.window_margin) * _US)]
         #: Leases this limiter holds (renewed by the backend's heartbeat).
         self.held: dict[str, RedisLease] = {}
         self._used: dict[str, float] = {"max_concurrent": 0, "tokens_per_minute": 0}
