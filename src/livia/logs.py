@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 #: Patterns of secrets that must never reach a log line.
 _SECRET = re.compile(
@@ -35,3 +36,18 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper() if isinstance(level, str) else level)
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "uvicorn.access", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password replaced, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username or ''}:***@"
+    return urlunsplit(parts._replace(netloc=user + host))

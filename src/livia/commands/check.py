@@ -16,13 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from rich.console import Console
 from rich.text import Text
 
 from livia.config import ConfigError, McpServerConfig, Settings, load_settings
+from livia.logs import safe_url
 
 Status = Literal["ok", "fail", "warn", "skip"]
 MARKS: dict[Status, tuple[str, str]] = {
@@ -154,7 +154,7 @@ async def check_model(settings: Settings, timeout: float) -> Check:
     if not settings.llm.base_url and not key:  # pragma: no cover - demo_mode covers this
         return Check("model", "fail", "no OPENAI_API_KEY", "export OPENAI_API_KEY=sk-…")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    where = _safe_url(base)
+    where = safe_url(base)
     try:
         async with httpx2.AsyncClient(timeout=timeout, headers=headers) as client:
             response = await client.get(f"{base}/models")
@@ -208,7 +208,7 @@ async def check_mcp(server: McpServerConfig, timeout: float) -> Check:
     where = (
         f"`{shlex.join([server.command, *server.args])}`"
         if server.command
-        else _safe_url(server.resolved_url())
+        else safe_url(server.resolved_url())
     )
     started = time.monotonic()
     try:
@@ -333,14 +333,14 @@ async def _slack_call(api_url: str, method: str, token: str, timeout: float, env
         return Check(
             name,
             "fail",
-            f"cannot reach {_safe_url(url)}: {exc or type(exc).__name__}",
+            f"cannot reach {safe_url(url)}: {exc or type(exc).__name__}",
             "check the network (or [slack] api_url)",
         )
     except ValueError:
         return Check(
             name,
             "fail",
-            f"{_safe_url(url)} did not answer JSON (HTTP {response.status_code})",
+            f"{safe_url(url)} did not answer JSON (HTTP {response.status_code})",
             "check [slack] api_url",
         )
     if not body.get("ok"):
@@ -365,7 +365,7 @@ async def check_redis(settings: Settings, timeout: float) -> Check | None:
         return None
     import redis.asyncio as redis
 
-    where = _safe_url(coordination.redis_url)
+    where = safe_url(coordination.redis_url)
     client: Any = None
     try:
         client = redis.from_url(
@@ -385,18 +385,3 @@ async def check_redis(settings: Settings, timeout: float) -> Check | None:
             with contextlib.suppress(Exception):
                 await client.aclose()
     return Check("redis", "ok", f"PING {where} answered; limits are shared through it")
-
-
-def _safe_url(url: str) -> str:
-    """`url` without any password in it, fit to print."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -28,7 +28,6 @@ import secrets
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -39,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from livia.concurrency.limiter import Denial, Grant
 from livia.concurrency.policy import ApiPolicy
+from livia.logs import safe_url
 
 log = logging.getLogger("livia.concurrency")
 
@@ -294,21 +294,6 @@ class RedisLease:
 
     id: str
     tokens: str | None = None  # the token reservation's member, "id|tokens"
-
-
-def safe_url(url: str) -> str:
-    """`url` with any password replaced, fit for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username or ''}:***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 class RedisLimiter:
