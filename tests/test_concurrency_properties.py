@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 import looptime
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from livia.concurrency import ApiPolicy, CapacityExhausted, ConcurrencyManager, RetryableError
@@ -108,6 +108,7 @@ async def scenario(policy: ApiPolicy, work: list[Call]) -> None:
 
 
 @settings(
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow tracing
     max_examples=int(os.environ.get("LIVIA_PROPERTY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -20,7 +20,7 @@ from livia.concurrency.stats import ApiStats
 
 log = logging.getLogger("livia.concurrency")
 
-#: Longest the pump sleeps without re-checking (bounds every wait, and polls shared slots).
+#: Longest the pump waits for a slot without re-checking (a release wakes it sooner).
 MAX_IDLE = 1.0
 #: How often a pump re-checks a shared limiter whose slots are held by other processes.
 SHARED_POLL = 0.05
@@ -137,6 +137,7 @@ class Gate:
                 pass
             if not queue:
                 del self._queues[waiter.key]
+        self.notify()  # the head of the line may have changed
 
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releasing.discard(task)
@@ -200,8 +201,8 @@ class Gate:
                 continue
             if result.slot_only:
                 timeout = SHARED_POLL if self.limiter.shared else MAX_IDLE
-            else:
-                timeout = min(MAX_IDLE, max(result.wait, 0.0005))
+            else:  # a known time (bounded by the window); releases and departures wake it
+                timeout = max(result.wait, 0.0005)
             wake.clear()
             try:
                 await asyncio.wait_for(wake.wait(), timeout)
