@@ -297,3 +297,40 @@ async def test_a_429_waits_what_the_upstream_asked_not_backoff_on_top() -> None:
     probe = Probe(failures=[RetryableError("429", status=429, retry_after=0.5)])
     assert await manager.run("x", probe.op) == "ok"
     assert probe.starts[1] - probe.starts[0] == pytest.approx(0.5, abs=0.001)
+
+
+async def test_a_429_while_others_run_lowers_concurrency_then_it_grows_back() -> None:
+    """The upstream really runs 2 at once; the policy says 4: Livia learns, then recovers."""
+    manager = one(max_concurrent=4, retry_attempts=5, backoff_min=0.1)
+    running = 0
+    peak_after_learning = 0
+    refused = 0
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def op() -> str:
+        nonlocal running, refused, peak_after_learning
+        if running >= 2:
+            refused += 1
+            raise RetryableError("429", status=429, retry_after=0.01)
+        running += 1
+        if loop.time() - t0 > 1.5:
+            peak_after_learning = max(peak_after_learning, running)
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            running -= 1
+        return "ok"
+
+    assert await asyncio.gather(*(manager.run("x", op) for _ in range(12))) == ["ok"] * 12
+    assert refused <= 4  # learned in the first round, not re-sent every round
+    assert peak_after_learning == 2
+    limits = manager.get_stats("x")["limits"]["max_concurrent"]
+    assert limits["effective"] < 4  # still growing back, additively
+
+
+async def test_a_429_with_nothing_else_running_is_a_rate_limit_not_concurrency() -> None:
+    manager = one(max_concurrent=4, retry_attempts=2, backoff_min=0.1)
+    probe = Probe(failures=[RetryableError("429", status=429, retry_after=1.0)])
+    assert await manager.run("x", probe.op) == "ok"
+    assert manager.get_stats("x")["limits"]["max_concurrent"]["effective"] == 4

@@ -39,6 +39,35 @@ class Denial:
         return self.reason == "max_concurrent"
 
 
+class AdaptiveConcurrency:
+    """How many attempts may run now: the policy's figure, lowered when the upstream says less.
+
+    A 429 that arrives while other attempts are still running means the upstream's real
+    concurrency is below the policy's: the cap drops to what was running. Each success
+    raises it by 1/cap (about one slot per round of calls) back to the policy's figure. A
+    429 with nothing else running is a rate limit, not a concurrency one: the cap stays.
+    Invariant: ``1 <= limit <= ceiling``.
+    """
+
+    __slots__ = ("cap", "ceiling")
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.cap = float(ceiling)
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.cap))
+
+    def throttled(self, running: int) -> None:
+        if running > 0:
+            self.cap = max(1.0, min(self.cap, float(running)))
+
+    def succeeded(self) -> None:
+        if self.cap < self.ceiling:
+            self.cap = min(float(self.ceiling), self.cap + 1.0 / self.cap)
+
+
 class Limiter(Protocol):
     """One upstream's limits, local or shared."""
 
@@ -54,6 +83,12 @@ class Limiter(Protocol):
     async def settle(self, grant: Grant, tokens: int) -> None: ...
 
     async def pause(self, seconds: float) -> None: ...
+
+    def throttled(self) -> None:
+        """The upstream answered 429: lower the concurrency cap if others were running."""
+
+    def succeeded(self) -> None:
+        """An attempt succeeded: let the concurrency cap grow back."""
 
     def usage(self) -> dict[str, dict[str, float]]: ...
 
@@ -112,6 +147,7 @@ class MemoryLimiter:
             else None
         )
         self.paused_until = 0.0
+        self.adaptive = AdaptiveConcurrency(policy.max_concurrent)
 
     def _check(self, now: float, cost: int, ahead: int) -> Denial | None:
         wait, reason = 0.0, ""
@@ -127,7 +163,7 @@ class MemoryLimiter:
                 wait, reason = w, "tokens_per_minute"
         if reason:
             return Denial(wait, reason)
-        if not ahead and self.in_flight >= self.policy.max_concurrent:
+        if not ahead and self.in_flight >= self.adaptive.limit:
             return Denial(0.0, "max_concurrent")
         return None
 
@@ -155,6 +191,12 @@ class MemoryLimiter:
     async def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, loop_time() + seconds)
 
+    def throttled(self) -> None:
+        self.adaptive.throttled(self.in_flight)
+
+    def succeeded(self) -> None:
+        self.adaptive.succeeded()
+
     def usage(self) -> dict[str, dict[str, float]]:
         try:
             now = loop_time()
@@ -165,6 +207,7 @@ class MemoryLimiter:
                 "limit": self.policy.max_concurrent,
                 "used": self.in_flight,
                 "window_s": 0,
+                "effective": self.adaptive.limit,
             }
         }
         for window, (_, _, seconds) in zip(self.windows, self.policy.windows, strict=True):

@@ -178,6 +178,7 @@ class ConcurrencyManager:
                     tokens = usage_tokens(result)
                     if tokens is not None:
                         await up.gate.limiter.settle(grant, tokens)
+                up.gate.limiter.succeeded()
                 stats.successful_requests += 1
                 stats.total_response_time += ended - began
                 stats.latencies.append(ended - began)
@@ -235,6 +236,7 @@ class ConcurrencyManager:
             if failure.retry_after is not None:
                 wait = max(wait, failure.retry_after)
         if failure.rate_limited:
+            up.gate.limiter.throttled()
             await up.gate.limiter.pause(wait)
         if now + wait > give_up:
             stats.failed_requests += 1

@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from livia.concurrency.limiter import Denial, Grant
+from livia.concurrency.limiter import AdaptiveConcurrency, Denial, Grant
 from livia.concurrency.policy import ApiPolicy
 from livia.logs import safe_url
 
@@ -326,6 +326,7 @@ class RedisLimiter:
             self._policy_args += [limit, round((seconds + policy.window_margin) * _US)]
         #: Leases this limiter holds (renewed by the backend's heartbeat).
         self.held: dict[str, RedisLease] = {}
+        self.adaptive = AdaptiveConcurrency(policy.max_concurrent)
         self._used: dict[str, float] = {"max_concurrent": 0, "tokens_per_minute": 0}
         for name, _, _ in self._windows:
             self._used[name] = 0
@@ -335,7 +336,7 @@ class RedisLimiter:
             mode,
             lease_id,
             round(self.backend.lease_ttl * _US),
-            self.policy.max_concurrent,
+            self.adaptive.limit,
             ahead,
             cost,
             *self._policy_args,
@@ -474,6 +475,12 @@ class RedisLimiter:
                     self.api,
                 )
 
+    def throttled(self) -> None:
+        self.adaptive.throttled(int(self._used["max_concurrent"]))
+
+    def succeeded(self) -> None:
+        self.adaptive.succeeded()
+
     def usage(self) -> dict[str, dict[str, float]]:
         """The figures Redis reported on this process's last call (shared across processes)."""
         out: dict[str, dict[str, float]] = {
@@ -481,6 +488,7 @@ class RedisLimiter:
                 "limit": self.policy.max_concurrent,
                 "used": self._used["max_concurrent"],
                 "window_s": 0,
+                "effective": self.adaptive.limit,
             }
         }
         for name, limit, seconds in self._windows:
