@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from livia import __version__
 from livia.config import ConfigError
 from livia.logs import configure_logging
 
@@ -22,13 +23,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Used when `--log-level` is given neither before nor after the subcommand.
+DEFAULT_LOG_LEVEL = "INFO"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """`--config` and `--log-level`, accepted before and after the subcommand.
+
+    The subcommands declare them with `argparse.SUPPRESS` as the default, so a value
+    given before the subcommand is not overwritten by a default after it.
+    """
+    parser.add_argument(
+        "--config", default=default, help="TOML config file (default: $LIVIA_CONFIG)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=default if default is argparse.SUPPRESS else DEFAULT_LOG_LEVEL,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livia", description="Livia, a multi-user AI chatbot.")
-    parser.add_argument("--config", help="TOML config file (default: $LIVIA_CONFIG)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--version", action="version", version=f"livia {__version__}")
+    _global_options(parser, default=None)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, default=argparse.SUPPRESS)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        sub = subs.add_parser(name, help=help_text, description=help_text)
+        sub = subs.add_parser(name, help=help_text, description=help_text, parents=[common])
         mod = importlib.import_module(f"livia.commands.{module}")
         mod.configure(sub)
         sub.set_defaults(_run=mod.run)
