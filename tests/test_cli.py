@@ -7,13 +7,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from livia import __version__
-from livia.cli import build_parser
+from livia.cli import build_parser, main
+from tests.conftest import fake_livia_app
 
 
 def _free_port() -> int:
@@ -110,3 +113,75 @@ def test_check_reads_the_config_given_after_the_subcommand(tmp_path: Path) -> No
         done = livia(*argv, cwd=tmp_path)
         assert done.returncode == 1
         assert "apis.openai.max_concurrent" in done.stdout
+
+
+# --- where the terminal clients connect -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("http://example.org:9000/", "http://example.org:9000"),
+        ("https://livia.example.org", "https://livia.example.org"),
+        ("localhost:8090", "http://localhost:8090"),
+        ("10.0.0.5:80", "http://10.0.0.5:80"),
+        (":8090", "http://127.0.0.1:8090"),
+        ("8090", "http://127.0.0.1:8090"),
+        ("[::1]:8090", "http://[::1]:8090"),
+    ],
+)
+def test_url_option_accepts_host_port_without_a_scheme(given: str, url: str) -> None:
+    assert build_parser().parse_args(["stats", "--url", given]).url == url
+
+
+@pytest.mark.parametrize("given", ["ftp://host:21", "host:port", "http://"])
+def test_url_option_refuses_what_is_no_address(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["chat", "--url", given])
+    assert exited.value.code == 2
+    assert "not an address" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_livia_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("LIVIA_") or name == "OPENAI_API_KEY":
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_livia_env")
+def test_clients_default_to_the_configured_port(
+    live_server: Callable[[Any], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = live_server(fake_livia_app(api_token="from-the-file"))
+    port = url.rsplit(":", 1)[1]
+    config = tmp_path / "x.toml"
+    config.write_text(f'[server]\nhost = "0.0.0.0"\nport = {port}\napi_token = "from-the-file"\n')
+    # the port (and token) from the file, with --config before or after the subcommand
+    assert main(["--config", str(config), "stats", "--once"]) == 0
+    assert f"Livia at http://127.0.0.1:{port}" in capsys.readouterr().out
+    assert main(["chat", "--config", str(config), "--once", "hi"]) == 0
+    assert "Hello! You said" in capsys.readouterr().out
+    # the port from the environment
+    monkeypatch.setenv("LIVIA_SERVER__PORT", port)
+    monkeypatch.setenv("LIVIA_SERVER__API_TOKEN", "from-the-file")
+    assert main(["stats", "--once"]) == 0
+    assert f"Livia at http://127.0.0.1:{port}" in capsys.readouterr().out
+    monkeypatch.delenv("LIVIA_SERVER__PORT")
+    # --url host:port without a scheme
+    assert main(["chat", "--url", f"127.0.0.1:{port}", "--once", "hi"]) == 0
+    assert "Hello! You said" in capsys.readouterr().out
+    assert main(["stats", "--url", f":{port}", "--once"]) == 0
+    assert f"Livia at http://127.0.0.1:{port}" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("no_livia_env")
+def test_client_default_is_8080_without_config(tmp_path: Path) -> None:
+    done = livia("stats", "--once", cwd=tmp_path, env=_clean_env(LIVIA_SERVER__PORT="9"))
+    assert done.returncode == 1
+    assert "no Livia at http://127.0.0.1:9" in done.stderr

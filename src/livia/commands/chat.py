@@ -10,8 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from livia.commands.address import add_url_option, resolve
 from livia.monitoring.client import (
-    DEFAULT_URL,
     ServerError,
     friendly_errors,
     iter_sse,
@@ -25,9 +25,7 @@ READ_TIMEOUT = 300.0
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"Livia's address (default {DEFAULT_URL})"
-    )
+    add_url_option(parser)
     parser.add_argument("--conversation", help="conversation id to continue (default: a new one)")
     parser.add_argument("--user", help="your user id (default: cli-$USER)")
     parser.add_argument("--once", metavar="TEXT", help="send one message, print the reply, exit")
@@ -158,19 +156,21 @@ def run(args: argparse.Namespace) -> int:
     errors = Console(stderr=True, highlight=False)
     conversation = args.conversation or _new_conversation()
     user = args.user or _default_user()
+    url, headers = resolve(args)
     try:
-        with open_client(args.url, read_timeout=args.timeout) as client:
+        with open_client(url, read_timeout=args.timeout) as client:
+            client.headers.update(headers)
             if args.once is not None:
                 ok = send(
                     client,
                     console,
-                    url=args.url,
+                    url=url,
                     conversation=conversation,
                     user=user,
                     text=args.once,
                 )
                 return 0 if ok else 1
-            return _interactive(client, console, url=args.url, conversation=conversation, user=user)
+            return _interactive(client, console, url=url, conversation=conversation, user=user)
     except ServerError as exc:
         errors.print(f"livia chat: {exc}", markup=False, soft_wrap=True)
         return 1

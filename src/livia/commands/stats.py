@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from livia.commands.address import add_url_option, resolve
 from livia.monitoring.client import (
-    DEFAULT_URL,
     ServerError,
     friendly_errors,
     open_client,
@@ -33,9 +33,7 @@ CIRCUIT_STYLES = {"closed": "green", "half_open": "yellow", "open": "bold red"}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
-    parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"Livia's address (default {DEFAULT_URL})"
-    )
+    add_url_option(parser)
     parser.add_argument("--once", action="store_true", help="print one table and exit")
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
@@ -172,13 +170,15 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 180)  # a file or pipe: don't squeeze the table
     interval = max(0.2, float(args.interval))
+    url, headers = resolve(args)
     try:
-        with open_client(args.url, timeout=5.0) as client:
-            stats = fetch(client, args.url)
+        with open_client(url, timeout=5.0) as client:
+            client.headers.update(headers)
+            stats = fetch(client, url)
             if args.once:
-                console.print(render(stats, args.url, width=console.width))
+                console.print(render(stats, url, width=console.width))
                 return 0
-            _watch(console, client, args.url, stats, interval)
+            _watch(console, client, url, stats, interval)
     except ServerError as exc:
         Console(stderr=True).print(f"livia stats: {exc}", markup=False, soft_wrap=True)
         return 1
