@@ -185,3 +185,55 @@ def test_client_default_is_8080_without_config(tmp_path: Path) -> None:
     done = livia("stats", "--once", cwd=tmp_path, env=_clean_env(LIVIA_SERVER__PORT="9"))
     assert done.returncode == 1
     assert "no Livia at http://127.0.0.1:9" in done.stderr
+
+
+# --- ${NAME} references in the configuration ---------------------------------------------
+
+ZAPIER_CONFIG = """
+[[mcp.servers]]
+name = "zapier"
+url = "${ZAPIER_MCP_URL}"
+headers = { Authorization = "Bearer ${ZAPIER_MCP_TOKEN}" }
+"""
+
+
+def test_an_unset_variable_is_named_by_check_and_serve(tmp_path: Path) -> None:
+    config = tmp_path / "livia.toml"
+    config.write_text(ZAPIER_CONFIG)
+    env = _clean_env(ZAPIER_MCP_TOKEN="t")
+    env.pop("ZAPIER_MCP_URL", None)
+    done = livia("check", "--config", str(config), cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert (
+        "✗ config: ZAPIER_MCP_URL is not set (used by mcp.servers[zapier].url)" in done.stdout
+    ), done.stdout
+    assert "export ZAPIER_MCP_URL=..." in done.stdout
+    assert "UnsupportedProtocol" not in done.stdout
+
+    port = str(_free_port())
+    done = livia("serve", "--port", port, "--config", str(config), cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert "ZAPIER_MCP_URL is not set (used by mcp.servers[zapier].url)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    env.pop("ZAPIER_MCP_TOKEN")
+    done = livia("check", "--config", str(config), cwd=tmp_path, env=env)
+    assert "ZAPIER_MCP_TOKEN is not set (used by mcp.servers[zapier].headers.Authorization)" in (
+        done.stdout
+    )
+
+
+def test_a_set_variable_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from livia.config import UnsetVariable, expand_env, load_settings
+
+    config = tmp_path / "livia.toml"
+    config.write_text(ZAPIER_CONFIG)
+    monkeypatch.setenv("ZAPIER_MCP_URL", "https://mcp.example.org/s/1")
+    monkeypatch.setenv("ZAPIER_MCP_TOKEN", "")  # set, even if empty
+    (server,) = load_settings(config).mcp.servers
+    assert server.resolved_url() == "https://mcp.example.org/s/1"
+    assert server.resolved_headers() == {"Authorization": "Bearer "}
+    monkeypatch.delenv("ZAPIER_MCP_URL")
+    with pytest.raises(UnsetVariable, match=r"ZAPIER_MCP_URL is not set \(used by mcp"):
+        server.resolved_url()
+    assert expand_env("a${ZAPIER_MCP_URL}b") == "ab"  # without `where`: "" as documented

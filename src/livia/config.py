@@ -89,10 +89,28 @@ class McpServerConfig(_Section):
         return self
 
     def resolved_url(self) -> str:
-        return expand_env(self.url)
+        """`url` with `${NAME}` expanded (`UnsetVariable` when NAME is not set)."""
+        return expand_env(self.url, where=f"{self.key}.url")
 
     def resolved_headers(self) -> dict[str, str]:
-        return {k: expand_env(v) for k, v in self.headers.items()}
+        """`headers` with `${NAME}` expanded (`UnsetVariable` when NAME is not set)."""
+        return {k: expand_env(v, where=f"{self.key}.headers.{k}") for k, v in self.headers.items()}
+
+    def resolved_env(self) -> dict[str, str]:
+        """`env` with `${NAME}` expanded (`UnsetVariable` when NAME is not set)."""
+        return {k: expand_env(v, where=f"{self.key}.env.{k}") for k, v in self.env.items()}
+
+    @property
+    def key(self) -> str:
+        """How messages name this server's table: `mcp.servers[NAME]`."""
+        return f"mcp.servers[{self.name}]"
+
+    def env_references(self) -> list[tuple[str, str]]:
+        """(variable, key) for every `${NAME}` in url, headers and env."""
+        fields = [("url", self.url)]
+        fields += [(f"headers.{k}", v) for k, v in self.headers.items()]
+        fields += [(f"env.{k}", v) for k, v in self.env.items()]
+        return [(m.group(1), f"{self.key}.{f}") for f, v in fields for m in _ENV_REF.finditer(v)]
 
 
 class McpConfig(_Section):
@@ -209,8 +227,27 @@ class Settings(BaseSettings):
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def expand_env(value: str) -> str:
-    """Replace `${NAME}` with the environment variable NAME (empty when unset)."""
+class UnsetVariable(ConfigError):
+    """A `${NAME}` in the configuration names an environment variable that is not set."""
+
+    def __init__(self, missing: list[tuple[str, str]]) -> None:
+        #: (variable, the key that uses it), in the order they appear.
+        self.missing = missing
+        super().__init__("; ".join(f"{name} is not set (used by {key})" for name, key in missing))
+
+
+def expand_env(value: str, *, where: str | None = None) -> str:
+    """Replace `${NAME}` with the environment variable NAME.
+
+    With `where` (the key the value comes from, e.g. `mcp.servers[zapier].url`) an unset
+    NAME raises `UnsetVariable` naming both; without it, an unset NAME becomes "".
+    A variable set to the empty string counts as set.
+    """
+    if where is not None:
+        missing = [(m.group(1), where) for m in _ENV_REF.finditer(value)]
+        missing = [(name, key) for name, key in missing if name not in os.environ]
+        if missing:
+            raise UnsetVariable(missing)
     return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
 
 
@@ -247,6 +284,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     for key, api in used:
         if api not in known:
             raise ConfigError(f"{key}: no [apis.{api}] policy; known: {', '.join(sorted(known))}")
+    refs = [ref for server in settings.mcp.servers for ref in server.env_references()]
+    missing = [(name, key) for name, key in refs if name not in os.environ]
+    if missing:
+        raise UnsetVariable(missing)
     return settings
 
 

@@ -283,7 +283,7 @@ class ServerConnection:
             return StdioServerParameters(
                 command=self.config.command,
                 args=list(self.config.args),
-                env=dict(self.config.env) or None,
+                env=self.config.resolved_env() or None,
             )
         return _http_transport(
             self.config.resolved_url(), self.config.resolved_headers(), self.config.timeout

@@ -21,7 +21,13 @@ import httpx2
 from rich.console import Console
 from rich.text import Text
 
-from livia.config import ConfigError, McpServerConfig, Settings, load_settings
+from livia.config import (
+    ConfigError,
+    McpServerConfig,
+    Settings,
+    UnsetVariable,
+    load_settings,
+)
 from livia.logs import safe_url
 
 Status = Literal["ok", "fail", "warn", "skip"]
@@ -59,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     try:
         settings = load_settings(args.config)
+    except UnsetVariable as exc:
+        names = " ".join(dict.fromkeys(f"{name}=..." for name, _ in exc.missing))
+        fix = f"export {names} before starting Livia (or remove the reference)"
+        show(console, Check("config", "fail", str(exc), fix))
+        return 1
     except ConfigError as exc:
         fix = (
             "check the --config path (or $LIVIA_CONFIG)"
@@ -251,7 +262,7 @@ async def _mcp_transport(server: McpServerConfig, timeout: float) -> AsyncIterat
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         params = StdioServerParameters(
-            command=server.command, args=list(server.args), env=dict(server.env) or None
+            command=server.command, args=list(server.args), env=server.resolved_env() or None
         )
         with open(os.devnull, "w") as devnull:  # noqa: ASYNC230 - opening /dev/null never blocks
             yield stdio_client(params, errlog=devnull)
