@@ -5,9 +5,14 @@ Secrets (API keys, tokens) come only from the environment and are never part of 
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,17 +288,147 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     ]
     for key, api in used:
         if api not in known:
-            raise ConfigError(f"{key}: no [apis.{api}] policy; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{key}: no [apis.{api}] policy{_did_you_mean(api, known)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
     refs = [ref for server in settings.mcp.servers for ref in server.env_references()]
     missing = [(name, key) for name, key in refs if name not in os.environ]
     if missing:
         raise UnsetVariable(missing)
+    for warning in config_warnings(settings, os.environ):
+        if warning not in _warned:  # once per process, however often settings are loaded
+            _warned.add(warning)
+            log.warning("%s", warning)
     return settings
+
+
+log = logging.getLogger("livia.config")
+
+#: Warnings already logged by `load_settings` in this process.
+_warned: set[str] = set()
+
+#: Upstream policies callers use by name, whatever the configuration says: the built-in
+#: upstreams, and `transcription` / `images` (files: audio and image generation).
+CALLER_POLICIES = ("openai", "zapier", "slack", "transcription", "images")
+
+#: `LIVIA_*` environment variables that are not settings.
+NOT_SETTINGS = ("LIVIA_CONFIG", "LIVIA_SCREENSHOTS", "LIVIA_PROPERTY_EXAMPLES")
+#: Prefixes of `LIVIA_*` variables that are not settings (the tests' own).
+NOT_SETTINGS_PREFIXES = ("LIVIA_TEST_",)
+
+
+def config_warnings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """What in the configuration is probably a typo: policies nothing uses, unknown variables.
+
+    - an `[apis.NAME]` table that no caller uses (not `llm.api`, `slack.api` when Slack is
+      on, an MCP server's `api`, nor one of `CALLER_POLICIES`);
+    - a `LIVIA_*` environment variable that names no setting (`LIVIA_SERVR__PORT`).
+    """
+    users = {settings.llm.api, *CALLER_POLICIES, *(s.api for s in settings.mcp.servers)}
+    if settings.slack.mode != "off":
+        users.add(settings.slack.api)
+    out = [
+        f"[apis.{name}] is used by nothing{_did_you_mean(name, users)} (policies are used by "
+        "llm.api, slack.api, mcp.servers' api, or by name: " + ", ".join(CALLER_POLICIES) + ")"
+        for name in settings.apis
+        if name not in users
+    ]
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("LIVIA_") or upper in NOT_SETTINGS:
+            continue
+        if upper.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        problem = _unknown_variable(upper)
+        if problem is not None:
+            out.append(f"environment variable {name} is not a setting, ignored{problem}")
+    return out
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean X?` for the choice nearest `word`, or "" when none is near."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X` from `X | None`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _type_at(loc: Sequence[str | int]) -> Any:
+    """The type of the setting at `loc` (e.g. `("apis", "openai")` -> ApiConfig), or None."""
+    annotation: Any = Settings
+    for part in loc:
+        annotation = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif origin is list:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None
+    return _unwrap(annotation)
+
+
+def _keys_at(loc: Sequence[str | int]) -> list[str]:
+    """The keys of the table at `loc` (empty when it is not a table of fixed keys)."""
+    annotation = _type_at(loc)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unknown_variable(name: str) -> str | None:
+    """None when `LIVIA_A__B__C` names a setting; else what is wrong with it (maybe a fix)."""
+    parts = name.removeprefix("LIVIA_").lower().split("__")
+    for depth, part in enumerate(parts):
+        annotation = _type_at(parts[:depth])
+        if typing.get_origin(annotation) is dict and part:
+            continue  # any upstream name under LIVIA_APIS__
+        keys = _keys_at(parts[:depth])
+        if not keys:  # a list or a value: nothing can follow
+            return f": {'__'.join(parts[:depth]).upper()} has no keys"
+        if part not in keys:
+            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+            if close:
+                fixed = "__".join([*parts[:depth], close[0], *parts[depth + 1 :]]).upper()
+                return f"; did you mean LIVIA_{fixed}?"
+            return ""
+    return None
+
+
+def _from_env(loc: Sequence[str | int]) -> str:
+    """` (from $LIVIA_…)` when the value at `loc` (or its section) came from a variable."""
+    names = {name.upper(): name for name in os.environ}
+    for end in range(len(loc), 0, -1):
+        candidate = "LIVIA_" + "__".join(str(p) for p in loc[:end]).upper()
+        if candidate in names:
+            return f" (from ${names[candidate]})"
+    below = "LIVIA_" + "__".join(str(p) for p in loc).upper() + "__"
+    found = sorted(name for upper, name in names.items() if loc and upper.startswith(below))
+    return f" (from ${', $'.join(found)})" if found else ""
 
 
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg']}")
+        loc = err["loc"]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden" and loc:
+            keys = _keys_at(loc[:-1])
+            hint = _did_you_mean(str(loc[-1]), keys)
+            message = f"unknown key{hint}" if hint else f"unknown key; known: {', '.join(keys)}"
+        lines.append(f"{key}: {message}{_from_env(loc)}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
