@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -204,9 +205,9 @@ def test_an_unset_variable_is_named_by_check_and_serve(tmp_path: Path) -> None:
     env.pop("ZAPIER_MCP_URL", None)
     done = livia("check", "--config", str(config), cwd=tmp_path, env=env)
     assert done.returncode == 1
-    assert (
-        "✗ config: ZAPIER_MCP_URL is not set (used by mcp.servers[zapier].url)" in done.stdout
-    ), done.stdout
+    assert "✗ config: ZAPIER_MCP_URL is not set (used by mcp.servers[zapier].url)" in done.stdout, (
+        done.stdout
+    )
     assert "export ZAPIER_MCP_URL=..." in done.stdout
     assert "UnsupportedProtocol" not in done.stdout
 
@@ -237,3 +238,32 @@ def test_a_set_variable_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     with pytest.raises(UnsetVariable, match=r"ZAPIER_MCP_URL is not set \(used by mcp"):
         server.resolved_url()
     assert expand_env("a${ZAPIER_MCP_URL}b") == "ab"  # without `where`: "" as documented
+
+
+# --- stdio MCP servers installed in the venv ------------------------------------------------
+
+
+def test_stdio_command_is_found_in_the_venv_without_path(tmp_path: Path) -> None:
+    from livia.config import find_command
+
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "mcp-server-time").exists():
+        pytest.skip("mcp-server-time is not installed beside this interpreter")
+    config = tmp_path / "livia.toml"
+    config.write_text('[[mcp.servers]]\nname = "time"\ncommand = "mcp-server-time"\n')
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != venv_bin
+    )
+    env = _clean_env(PATH=path or "/usr/bin:/bin")
+    # not on PATH: found beside the interpreter
+    done = livia("check", "--config", str(config), "--timeout", "30", cwd=tmp_path, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("✓", "✗", "!"))]
+    time_line = next(line for line in lines if "mcp time" in line)
+    assert time_line.startswith("✓ mcp time"), done.stdout + done.stderr
+    assert "get_current_time" in time_line
+    assert find_command("mcp-server-time") in (
+        str(venv_bin / "mcp-server-time"),
+        shutil.which("mcp-server-time"),
+    )
+    assert find_command("no-such-program-anywhere") == "no-such-program-anywhere"
+    assert find_command("./relative/prog") == "./relative/prog"

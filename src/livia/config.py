@@ -9,6 +9,8 @@ import difflib
 import logging
 import os
 import re
+import shutil
+import sys
 import tomllib
 import types
 import typing
@@ -100,6 +102,10 @@ class McpServerConfig(_Section):
     def resolved_headers(self) -> dict[str, str]:
         """`headers` with `${NAME}` expanded (`UnsetVariable` when NAME is not set)."""
         return {k: expand_env(v, where=f"{self.key}.headers.{k}") for k, v in self.headers.items()}
+
+    def resolved_command(self) -> str:
+        """`command` as a path: from PATH, else the running interpreter's bin (the venv)."""
+        return find_command(self.command)
 
     def resolved_env(self) -> dict[str, str]:
         """`env` with `${NAME}` expanded (`UnsetVariable` when NAME is not set)."""
@@ -230,6 +236,20 @@ class Settings(BaseSettings):
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def find_command(command: str) -> str:
+    """Where `command` is: as given when it holds a path, else on PATH, else in the directory
+    of the running interpreter (a venv's `bin`, where `pip install mcp-server-time` puts
+    its program even when the venv is not activated). Unfound: `command` unchanged.
+    """
+    if not command or os.sep in command or (os.altsep and os.altsep in command):
+        return command
+    found = shutil.which(command)
+    if found:
+        return found
+    beside = shutil.which(command, path=str(Path(sys.executable).parent))
+    return beside or command
 
 
 class UnsetVariable(ConfigError):

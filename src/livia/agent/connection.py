@@ -281,7 +281,7 @@ class ServerConnection:
         """The streamable-HTTP transport (with the configured headers) or stdio parameters."""
         if self.config.command:
             return StdioServerParameters(
-                command=self.config.command,
+                command=self.config.resolved_command(),
                 args=list(self.config.args),
                 env=self.config.resolved_env() or None,
             )

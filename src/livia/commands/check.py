@@ -262,7 +262,9 @@ async def _mcp_transport(server: McpServerConfig, timeout: float) -> AsyncIterat
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         params = StdioServerParameters(
-            command=server.command, args=list(server.args), env=server.resolved_env() or None
+            command=server.resolved_command(),
+            args=list(server.args),
+            env=server.resolved_env() or None,
         )
         with open(os.devnull, "w") as devnull:  # noqa: ASYNC230 - opening /dev/null never blocks
             yield stdio_client(params, errlog=devnull)
