@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -267,3 +268,39 @@ def test_stdio_command_is_found_in_the_venv_without_path(tmp_path: Path) -> None
     )
     assert find_command("no-such-program-anywhere") == "no-such-program-anywhere"
     assert find_command("./relative/prog") == "./relative/prog"
+
+
+# --- livia sim says how to point Livia at it -------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "check_line"), [("openai", "model"), ("mcp", "mcp sim")])
+def test_sim_prints_how_to_point_livia_at_it(kind: str, check_line: str, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livia", "sim", kind, "--port", "0"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        hint = proc.stdout.readline().strip()
+        assert hint.startswith("point Livia at it: "), hint
+        words = shlex.split(hint.removeprefix("point Livia at it: "))
+        assignments = dict(w.split("=", 1) for w in words[: words.index("livia")])
+        assert words[words.index("livia") + 1] == "serve"
+        if kind == "openai":
+            assert assignments == {"LIVIA_LLM__BASE_URL": url}
+        else:
+            assert url in assignments["LIVIA_MCP__SERVERS"]
+        # the printed variables do point Livia at the simulator
+        env = _clean_env(**assignments, OPENAI_API_KEY="sk-sim-key-for-tests")
+        done = livia("check", "--timeout", "20", cwd=tmp_path, env=env)
+        line = next(x for x in done.stdout.splitlines() if x[2:].startswith(check_line + ":"))
+        assert line.startswith("✓"), done.stdout
+        assert "demo mode" not in line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -3,7 +3,8 @@
 `livia sim openai` serves an OpenAI-compatible model (Livia's demo model) with latency,
 rate limits and faults; `livia sim mcp` serves Zapier-like MCP tools with latency, a
 concurrency limit and an hourly quota. The first line printed is the base URL to point a
-client at; counters are at `/sim/stats` on the same server.
+client at, the second how to run Livia against it; counters are at `/sim/stats` on the
+same server.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"livia sim {args.upstream}: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(sim, args.host, args.port))
+        asyncio.run(_serve(sim, args.host, args.port, mcp=args.upstream == "mcp"))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -157,7 +160,7 @@ def _build(args: argparse.Namespace) -> SimOpenAI | SimMcp:
     )
 
 
-async def _serve(sim: SimOpenAI | SimMcp, host: str, port: int) -> None:
+async def _serve(sim: SimOpenAI | SimMcp, host: str, port: int, *, mcp: bool = False) -> None:
     """Run `sim` until cancelled or SIGTERM, logging a summary when something changed."""
     url = await sim.start(host, port)
     stopping = asyncio.Event()
@@ -165,6 +168,7 @@ async def _serve(sim: SimOpenAI | SimMcp, host: str, port: int) -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
     print(url, flush=True)
+    print(f"point Livia at it: {livia_hint(url, mcp=mcp)}", flush=True)
     print(f"stats: {url.rsplit('/', 1)[0]}/sim/stats   (Ctrl-C to stop)", flush=True)
     last: tuple[Any, ...] = ()
     try:
@@ -177,6 +181,17 @@ async def _serve(sim: SimOpenAI | SimMcp, host: str, port: int) -> None:
                 log.info("%s", summary[1])
     finally:
         await sim.stop()
+
+
+def livia_hint(url: str, *, mcp: bool) -> str:
+    """The command that runs Livia against the simulator at `url`."""
+    if not mcp:
+        return f"LIVIA_LLM__BASE_URL={url} livia serve"
+    servers = json.dumps([{"name": "sim", "url": url}])
+    return (
+        f"LIVIA_MCP__SERVERS={shlex.quote(servers)} livia serve   "
+        f'(or in the config: [[mcp.servers]] name = "sim", url = "{url}")'
+    )
 
 
 def _summary(stats: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
