@@ -224,3 +224,33 @@ async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
             return RunningLivia(url, app, model, sent)
 
         yield start
+
+
+# --- Stores: the same tests on SQLite and on a real PostgreSQL server ---------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl), or LIVIA_TEST_POSTGRES_URL.
+
+    Skipped only where no PostgreSQL binaries exist and CI is not set (`.ci/run` installs them).
+    """
+    import os
+
+    from tests.postgres_server import find_pg_bin, postgres_server
+
+    if not os.environ.get("LIVIA_TEST_POSTGRES_URL") and find_pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries are missing: .ci/run installs Debian's postgresql")
+        pytest.skip("no PostgreSQL binaries here (apt-get install postgresql)")
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A fresh, empty store URL: a SQLite file, then a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/livia.db"
+    server = request.getfixturevalue("postgres")
+    return str(server.new_database())

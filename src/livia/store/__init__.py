@@ -1,5 +1,27 @@
-"""Durable state: the inbox of accepted messages, conversation history, idempotency marks."""
+"""Durable state: the inbox of accepted messages, conversation history, idempotency marks,
+shared by every Livia process on the same database (SQLite or PostgreSQL)."""
 
-from livia.store.sqlite import Accepted, Status, Store, StoredTurn, StoreError, sqlite_path
+from livia.store.store import (
+    Accepted,
+    Completion,
+    ConversationInfo,
+    Instance,
+    Status,
+    Store,
+    StoredTurn,
+)
+from livia.store.urls import StoreError, StoreUrl, parse_store_url, sqlite_path
 
-__all__ = ["Accepted", "Status", "Store", "StoreError", "StoredTurn", "sqlite_path"]
+__all__ = [
+    "Accepted",
+    "Completion",
+    "ConversationInfo",
+    "Instance",
+    "Status",
+    "Store",
+    "StoreError",
+    "StoreUrl",
+    "StoredTurn",
+    "parse_store_url",
+    "sqlite_path",
+]

@@ -1,0 +1,840 @@
+"""The store: the durable inbox, conversation history and idempotency marks, for one process
+or many (SQLite for one host, PostgreSQL for several), over SQLAlchemy Core async.
+
+A row of ``messages`` is the inbox entry while its status is ``pending`` and a history
+entry afterwards; writing it is what "accepted" means, so an acknowledged message
+survives a crash. Several processes share one store safely:
+
+- **Claims.** A pending message is answered by the process that claimed it (``owner``).
+  Only the oldest pending message of a conversation can be claimed, so a conversation is
+  answered one message at a time, in arrival order, whichever process holds it; and each
+  message sees every earlier question *and* answer.
+- **Leases.** A claim holds while its owner's ``instances`` row keeps a fresh heartbeat
+  (``heartbeat_at + lease`` ahead of the database's clock). A dead owner's messages become
+  claimable again; a live owner's never are. Writing a reply succeeds only for the
+  current owner (fencing), so a stalled process cannot overwrite a reply.
+- **Order of intake.** Accepting a message locks its conversation's row, so messages of
+  one conversation get increasing ``seq`` in commit order, on every backend.
+- **Delivery.** The process that accepted a message (``accepted_by``) delivers its reply
+  to the channel; when it is gone, another claims the delivery, and ``delivered`` records
+  that it happened.
+
+Time for leases comes from the database's clock, never from a host's. SQLite runs in WAL
+mode with ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` for writes (one writer at a time,
+in this process and across processes on the same file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from livia.conversations.types import IncomingMessage, Reply
+from livia.store import migrate
+from livia.store.urls import StoreError, parse_store_url
+
+log = logging.getLogger(__name__)
+
+Status = Literal["pending", "answered", "failed"]
+
+_COLUMNS = (
+    "seq, conversation_id, message_id, user_id, channel, text, meta, status, reply, error,"
+    " received_at, answered_at, owner, accepted_by, delivered, attempts, answered_by"
+)
+#: The database's clock, in epoch seconds.
+_NOW = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
+}
+#: Longest a title taken from a conversation's first message.
+_TITLE_CHARS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    """One accepted message and, once answered, its reply."""
+
+    seq: int  # arrival order (global, so also within a conversation)
+    conversation_id: str
+    message_id: str
+    user_id: str
+    channel: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    status: Status = "pending"
+    reply: str | None = None
+    error: str | None = None
+    received_at: float = 0.0
+    answered_at: float | None = None
+    #: The process answering it now (a claim), or None.
+    owner: str | None = None
+    #: The process that accepted it from its channel (it delivers the reply).
+    accepted_by: str | None = None
+    delivered: bool = False
+    #: How many times it was claimed (more than one: taken over from a dead process).
+    attempts: int = 0
+    #: The instance id of the process that answered it.
+    answered_by: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once a reply (or an apology) is stored."""
+        return self.status != "pending"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(conversation_id, message_id): the message's identity."""
+        return (self.conversation_id, self.message_id)
+
+    def message(self) -> IncomingMessage:
+        """The message as the channel handed it in."""
+        return IncomingMessage(
+            conversation_id=self.conversation_id,
+            user_id=self.user_id,
+            text=self.text,
+            message_id=self.message_id,
+            channel=self.channel,
+            meta=dict(self.meta),
+        )
+
+    def to_reply(self, *, duplicate: bool = False) -> Reply:
+        """The stored reply (only meaningful once `done`)."""
+        return Reply(
+            conversation_id=self.conversation_id,
+            message_id=self.message_id,
+            text=self.reply or "",
+            error=self.error,
+            duplicate=duplicate,
+        )
+
+
+class Accepted(NamedTuple):
+    """What `Store.accept` did with a message."""
+
+    turn: StoredTurn
+    #: False when the message_id was already there (a repeat).
+    created: bool
+    #: True when this is the first message of its conversation.
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What `Store.complete` did: whether the reply was stored, and what comes next."""
+
+    #: False when this process no longer owned the message (another took it over).
+    stored: bool
+    #: The answered row (None when not stored).
+    turn: StoredTurn | None = None
+    #: True when the process that accepted the message is alive (it delivers the reply).
+    acceptor_alive: bool = False
+    #: The conversation's next message, now claimed by this process, if any.
+    next: StoredTurn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """One conversation as listed: who started it, its title and size."""
+
+    conversation_id: str
+    user_id: str
+    channel: str
+    title: str
+    created_at: float
+    updated_at: float
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A live Livia process as the store sees it."""
+
+    owner: str
+    instance_id: str
+    pid: int
+    started_at: float
+    heartbeat_age: float
+    snapshot: dict[str, Any]
+
+
+def _host_key() -> str:
+    """Hostname, boot and pid namespace: processes with the same key can see each other's pids."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "|".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class Store:
+    """Conversations' durable state, shared by every process on the same database.
+
+    Open with ``await store.open()`` (or ``async with Store(url)``): it migrates the schema
+    and registers this process (`owner`). `close()` gives back this process's claims so
+    others take them at once. Every method after `close()` raises `StoreError`.
+    """
+
+    def __init__(self, url: str, *, lease: float = 10.0, instance_id: str = "") -> None:
+        self.url = url
+        self._parsed = parse_store_url(url)
+        self.backend = self._parsed.backend
+        #: The SQLite file ("" on PostgreSQL).
+        self.path = self._parsed.path
+        #: Where the data lives, safe to print.
+        self.display = self._parsed.path or self._parsed.display
+        self.lease = lease
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        #: This process's identity in claims: unique per start, even with a fixed instance_id.
+        self.owner = f"{self.instance_id}/{uuid.uuid4().hex[:10]}"
+        self._host_key = _host_key()
+        self._engine: AsyncEngine | None = None
+        self._writer: AsyncEngine | None = None
+        self._now = _NOW[self.backend]
+        # SQLite takes one writer at a time: queue writers here rather than in its busy loop.
+        self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
+        self._memory = self.path == ":memory:"
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True between `open()` and `close()`."""
+        return self._engine is not None
+
+    async def open(self, *, migrate_schema: bool = True) -> None:
+        """Connect, bring the schema up to date and register this process."""
+        if self._engine is not None:
+            return
+        if self.backend == "sqlite" and not self._memory:
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory for {self.path}: {exc}") from None
+        engine = self._create_engine()
+        try:
+            if migrate_schema:
+                await migrate.upgrade(engine.execution_options(livia_write=True))
+            else:
+                current = await migrate.current_revision(engine)
+                if current != migrate.head_revision():
+                    raise StoreError(
+                        f"the store {self.display} is at schema {current or 'none'}, "
+                        f"not {migrate.head_revision()}: run `livia db upgrade`"
+                    )
+        except StoreError:
+            await engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot use the store {self.display}: {_reason(exc)}") from None
+        self._engine = engine
+        self._writer = engine.execution_options(livia_write=True)
+        try:
+            await self.heartbeat()
+            await self._housekeeping()
+            await self.reap_local_dead()
+        except BaseException:
+            await self.close()
+            raise
+        log.info("store open %s owner=%s", self.display, self.owner)
+
+    def _create_engine(self) -> AsyncEngine:
+        url = self._parsed.engine_url
+        if self.backend == "postgresql":
+            return create_async_engine(
+                url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800
+            )
+        engine = create_async_engine(url, connect_args={"timeout": 30.0})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we say BEGIN ourselves (below)
+            cursor = dbapi_conn.cursor()
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            write = conn.get_execution_options().get("livia_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    async def close(self) -> None:
+        """Give back this process's claims, leave the instance list and disconnect."""
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        writer = self._writer
+        self._writer = None
+        try:
+            assert writer is not None
+            async with self._locked(), writer.begin() as conn:
+                await conn.execute(
+                    text(
+                        "UPDATE messages SET owner = NULL WHERE owner = :me AND status = 'pending'"
+                    ),
+                    {"me": self.owner},
+                )
+                await conn.execute(
+                    text("DELETE FROM instances WHERE owner = :me"), {"me": self.owner}
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("store close: could not give back claims: %s", _reason(exc))
+        finally:
+            await engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        if self._write_lock is None:
+            yield
+        else:
+            async with self._write_lock:
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite); errors become `StoreError`."""
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        try:
+            async with self._locked(), self._writer.begin() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed ({self.display}): {_reason(exc)}") from None
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine is None:
+            raise StoreError("the store is closed")
+        try:
+            if self._memory:  # one shared connection: take turns
+                async with self._locked(), self._engine.connect() as conn:
+                    yield conn
+            else:
+                async with self._engine.connect() as conn:
+                    yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store read failed ({self.display}): {_reason(exc)}") from None
+
+    async def _fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[StoredTurn]:
+        async with self._read() as conn:
+            rows = (await conn.execute(text(sql), params or {})).all()
+        return [_turn(row) for row in rows]
+
+    def _alive(self, column: str) -> str:
+        """SQL: the process named in `column` has a fresh heartbeat."""
+        return (
+            f"EXISTS (SELECT 1 FROM instances AS i WHERE i.owner = {column}"
+            f" AND i.heartbeat_at + i.lease > {self._now})"
+        )
+
+    def _claimable(self, alias: str = "messages") -> str:
+        """SQL: the message in `alias` is pending and nobody alive holds it."""
+        return (
+            f"{alias}.status = 'pending' AND ({alias}.owner IS NULL"
+            f" OR NOT {self._alive(alias + '.owner')})"
+        )
+
+    # -- intake -------------------------------------------------------------------------
+
+    async def accept(self, msg: IncomingMessage, *, claim: bool = False) -> Accepted:
+        """Write `msg` to the inbox unless its message_id is already there.
+
+        With `claim`, this process also claims the message when it is its conversation's
+        oldest pending one (``turn.owner == store.owner``). For a repeat, `turn` is the
+        message as it stands (pending, or done with its reply) and `created` is False.
+        """
+        now = time.time()
+        params = {
+            "cid": msg.conversation_id,
+            "mid": msg.message_id,
+            "uid": msg.user_id,
+            "channel": msg.channel,
+            "text": msg.text,
+            "meta": json.dumps(msg.meta),
+            "title": " ".join(msg.text.split())[:_TITLE_CHARS],
+            "now": now,
+            "me": self.owner,
+            "claim": 1 if claim else 0,
+        }
+        head = (
+            "(:claim = 1 AND NOT EXISTS (SELECT 1 FROM messages AS e"
+            " WHERE e.conversation_id = :cid AND e.status = 'pending'))"
+        )
+        async with self._write() as conn:
+            count = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO conversations (conversation_id, user_id, channel, title,"
+                        " created_at, updated_at, messages)"
+                        " VALUES (:cid, :uid, :channel, :title, :now, :now, 0)"
+                        " ON CONFLICT (conversation_id)"
+                        " DO UPDATE SET updated_at = conversations.updated_at"
+                        " RETURNING messages"
+                    ),
+                    params,
+                )
+            ).scalar_one()
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, message_id, user_id, channel,"
+                        " text, meta, received_at, accepted_by, owner, claimed_at, attempts)"
+                        " VALUES (:cid, :mid, :uid, :channel, :text, :meta, :now, :me,"
+                        f" CASE WHEN {head} THEN :me END, :now, CASE WHEN {head} THEN 1 ELSE 0 END)"
+                        " ON CONFLICT (conversation_id, message_id) DO NOTHING"
+                        f" RETURNING {_COLUMNS}"
+                    ),
+                    params,
+                )
+            ).first()
+            if row is None:
+                existing = (
+                    await conn.execute(
+                        text(
+                            f"SELECT {_COLUMNS} FROM messages"
+                            " WHERE conversation_id = :cid AND message_id = :mid"
+                        ),
+                        params,
+                    )
+                ).one()
+                return Accepted(_turn(existing), created=False, first=False)
+            await conn.execute(
+                text(
+                    "UPDATE conversations SET messages = messages + 1, updated_at = :now"
+                    " WHERE conversation_id = :cid"
+                ),
+                params,
+            )
+        return Accepted(_turn(row), created=True, first=count == 0)
+
+    # -- answering ----------------------------------------------------------------------
+
+    async def claim_ready(self, limit: int) -> list[StoredTurn]:
+        """Claim up to `limit` messages nobody alive holds, each its conversation's oldest
+        pending one (a dead process's messages, or ones left unclaimed at intake)."""
+        if limit <= 0:
+            return []
+        lock = " FOR UPDATE OF m SKIP LOCKED" if self.backend == "postgresql" else ""
+        sql = (
+            "UPDATE messages SET owner = :me, claimed_at = :now, attempts = attempts + 1"
+            " WHERE seq IN (SELECT m.seq FROM messages AS m"
+            f"  WHERE {self._claimable('m')}"
+            "  AND NOT EXISTS (SELECT 1 FROM messages AS e WHERE e.conversation_id ="
+            "   m.conversation_id AND e.status = 'pending' AND e.seq < m.seq)"
+            f"  ORDER BY m.seq LIMIT :limit{lock})"
+            f" AND {self._claimable()}"
+            f" RETURNING {_COLUMNS}"
+        )
+        async with self._write() as conn:
+            rows = (
+                await conn.execute(
+                    text(sql), {"me": self.owner, "now": time.time(), "limit": limit}
+                )
+            ).all()
+        return sorted((_turn(r) for r in rows), key=lambda t: t.seq)
+
+    async def complete(
+        self, reply: Reply, *, delivered: bool = True, claim_next: bool = False
+    ) -> Completion:
+        """Store the reply to a message this process owns: ``failed`` when it carries an error.
+
+        Fenced: nothing is written unless this process still owns the pending message.
+        With `claim_next`, the conversation's next pending message is claimed in the same
+        transaction (so no other process can slip in between).
+        """
+        status: Status = "failed" if reply.error else "answered"
+        params = {
+            "cid": reply.conversation_id,
+            "mid": reply.message_id,
+            "status": status,
+            "reply": reply.text,
+            "error": reply.error,
+            "now": time.time(),
+            "me": self.owner,
+            "instance": self.instance_id,
+            "delivered": 1 if delivered else 0,
+        }
+        async with self._write() as conn:
+            await conn.execute(
+                text("UPDATE conversations SET updated_at = :now WHERE conversation_id = :cid"),
+                params,
+            )
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE messages SET status = :status, reply = :reply, error = :error,"
+                        " answered_at = :now, answered_by = :instance, delivered = :delivered"
+                        " WHERE conversation_id = :cid AND message_id = :mid"
+                        " AND status = 'pending' AND owner = :me"
+                        f" RETURNING {_COLUMNS}"
+                    ),
+                    params,
+                )
+            ).first()
+            if row is None:
+                return Completion(stored=False)
+            turn = _turn(row)
+            alive = turn.accepted_by == self.owner
+            if turn.accepted_by is not None and not alive:
+                alive = bool(
+                    (
+                        await conn.execute(
+                            text(f"SELECT {self._alive(':acceptor')}"),
+                            {"acceptor": turn.accepted_by},
+                        )
+                    ).scalar()
+                )
+            following = None
+            if claim_next:
+                following = (
+                    await conn.execute(
+                        text(
+                            "UPDATE messages SET owner = :me, claimed_at = :now,"
+                            " attempts = attempts + 1"
+                            " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
+                            "  WHERE h.conversation_id = :cid AND h.status = 'pending')"
+                            f" AND {self._claimable()}"
+                            f" RETURNING {_COLUMNS}"
+                        ),
+                        params,
+                    )
+                ).first()
+        return Completion(
+            stored=True,
+            turn=turn,
+            acceptor_alive=alive,
+            next=_turn(following) if following is not None else None,
+        )
+
+    async def release(self, seqs: Iterable[int] | None = None) -> int:
+        """Give back this process's claims (all, or those in `seqs`) for others to take."""
+        sql = "UPDATE messages SET owner = NULL WHERE owner = :me AND status = 'pending'"
+        params: dict[str, Any] = {"me": self.owner}
+        if seqs is not None:
+            wanted = list(seqs)
+            if not wanted:
+                return 0
+            names = [f"s{i}" for i in range(len(wanted))]
+            sql += f" AND seq IN ({', '.join(':' + n for n in names)})"
+            params.update(zip(names, wanted, strict=True))
+        async with self._write() as conn:
+            return int((await conn.execute(text(sql), params)).rowcount or 0)
+
+    # -- delivery -----------------------------------------------------------------------
+
+    async def take_deliveries(self, channels: Sequence[str], limit: int = 20) -> list[StoredTurn]:
+        """Claim the delivery of answered, undelivered replies whose acceptor is gone."""
+        if not channels or limit <= 0:
+            return []
+        names = {f"c{i}": ch for i, ch in enumerate(channels)}
+        within = ", ".join(":" + n for n in names)
+
+        def orphan(alias: str) -> str:
+            return (
+                f"{alias}.status <> 'pending' AND {alias}.delivered = 0"
+                f" AND {alias}.channel IN ({within}) AND ({alias}.accepted_by IS NULL"
+                f" OR NOT {self._alive(alias + '.accepted_by')})"
+            )
+
+        sql = (
+            "UPDATE messages SET accepted_by = :me WHERE seq IN (SELECT m.seq FROM messages AS m"
+            f" WHERE {orphan('m')} ORDER BY m.seq LIMIT :limit) AND {orphan('messages')}"
+            f" RETURNING {_COLUMNS}"
+        )
+        async with self._write() as conn:
+            rows = (
+                await conn.execute(text(sql), {"me": self.owner, "limit": limit, **names})
+            ).all()
+        return sorted((_turn(r) for r in rows), key=lambda t: t.seq)
+
+    async def take_delivery(self, seq: int) -> StoredTurn | None:
+        """Claim one answered reply's delivery when its acceptor is gone (None otherwise)."""
+        sql = (
+            "UPDATE messages SET accepted_by = :me WHERE seq = :seq AND status <> 'pending'"
+            " AND delivered = 0 AND (accepted_by IS NULL OR accepted_by = :me"
+            f" OR NOT {self._alive('messages.accepted_by')})"
+            f" RETURNING {_COLUMNS}"
+        )
+        async with self._write() as conn:
+            row = (await conn.execute(text(sql), {"me": self.owner, "seq": seq})).first()
+        return _turn(row) if row is not None else None
+
+    async def mark_delivered(self, seq: int) -> None:
+        """Record that the reply of message `seq` reached its channel."""
+        async with self._write() as conn:
+            await conn.execute(
+                text("UPDATE messages SET delivered = 1 WHERE seq = :seq"), {"seq": seq}
+            )
+
+    # -- processes ----------------------------------------------------------------------
+
+    async def heartbeat(self, snapshot: dict[str, Any] | None = None) -> None:
+        """Renew this process's lease (and publish its monitoring snapshot)."""
+        params = {
+            "me": self.owner,
+            "instance": self.instance_id,
+            "host": self._host_key,
+            "pid": os.getpid(),
+            "now": time.time(),
+            "lease": self.lease,
+            "snapshot": json.dumps(snapshot or {}, default=str),
+        }
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO instances (owner, instance_id, host_key, pid, started_at,"
+                    " heartbeat_at, lease, snapshot)"
+                    f" VALUES (:me, :instance, :host, :pid, :now, {self._now}, :lease, :snapshot)"
+                    " ON CONFLICT (owner) DO UPDATE SET"
+                    f" heartbeat_at = {self._now}, lease = :lease, snapshot = :snapshot"
+                ),
+                params,
+            )
+
+    async def reap_local_dead(self) -> int:
+        """Mark processes on this host whose pid is gone as dead (their leases end now).
+
+        A process killed with kill -9 on this host is noticed at once instead of after its
+        lease; other hosts' processes are judged by their heartbeats alone.
+        """
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT owner, pid FROM instances WHERE host_key = :host"
+                        f" AND owner <> :me AND heartbeat_at + lease > {self._now}"
+                    ),
+                    {"host": self._host_key, "me": self.owner},
+                )
+            ).all()
+        dead = [owner for owner, pid in rows if not _pid_alive(int(pid))]
+        for owner in dead:
+            async with self._write() as conn:
+                await conn.execute(
+                    text("UPDATE instances SET heartbeat_at = 0 WHERE owner = :owner"),
+                    {"owner": owner},
+                )
+            log.warning("process %s on this host is gone: its messages are taken over", owner)
+        return len(dead)
+
+    async def instances(self) -> list[Instance]:
+        """The live processes on this store, each with its last published snapshot."""
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT owner, instance_id, pid, started_at,"
+                        f" {self._now} - heartbeat_at, snapshot FROM instances"
+                        f" WHERE heartbeat_at + lease > {self._now} ORDER BY started_at"
+                    )
+                )
+            ).all()
+        return [
+            Instance(
+                owner=o,
+                instance_id=i,
+                pid=int(p),
+                started_at=float(s),
+                heartbeat_age=max(0.0, float(a)),
+                snapshot=_json(snap),
+            )
+            for o, i, p, s, a, snap in rows
+        ]
+
+    async def _housekeeping(self) -> None:
+        """Drop expired marks and processes dead for over a day."""
+        async with self._write() as conn:
+            await conn.execute(text("DELETE FROM marks WHERE expires < :now"), {"now": time.time()})
+            await conn.execute(
+                text(f"DELETE FROM instances WHERE heartbeat_at + lease < {self._now} - 86400")
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, conversation_id: str, message_id: str) -> StoredTurn | None:
+        """One turn by its ids, or None."""
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = :cid AND message_id = :mid",
+            {"cid": conversation_id, "mid": message_id},
+        )
+        return rows[0] if rows else None
+
+    async def get_many(self, seqs: Iterable[int]) -> list[StoredTurn]:
+        """The turns with these seqs (any order; missing ones left out)."""
+        wanted = list(seqs)
+        if not wanted:
+            return []
+        names = {f"s{i}": s for i, s in enumerate(wanted)}
+        return await self._fetch(
+            f"SELECT {_COLUMNS} FROM messages WHERE seq IN ({', '.join(':' + n for n in names)})",
+            names,
+        )
+
+    async def pending(self) -> list[StoredTurn]:
+        """Every accepted message without a reply yet, in arrival order."""
+        return await self._fetch(
+            f"SELECT {_COLUMNS} FROM messages WHERE status = 'pending' ORDER BY seq"
+        )
+
+    async def turns(
+        self, conversation_id: str, *, before_seq: int | None = None, limit: int = 1000
+    ) -> list[StoredTurn]:
+        """The last `limit` turns of a conversation (before `before_seq`), oldest first."""
+        bound = before_seq if before_seq is not None else 2**62
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation_id = :cid AND seq < :bound"
+            " ORDER BY seq DESC LIMIT :limit",
+            {"cid": conversation_id, "bound": bound, "limit": limit},
+        )
+        rows.reverse()
+        return rows
+
+    async def count_conversations(self) -> int:
+        """How many conversations the store holds."""
+        async with self._read() as conn:
+            return int(
+                (await conn.execute(text("SELECT COUNT(*) FROM conversations"))).scalar_one()
+            )
+
+    async def conversation(self, conversation_id: str) -> ConversationInfo | None:
+        """One conversation's summary, or None."""
+        found = await self._conversations("WHERE conversation_id = :cid", {"cid": conversation_id})
+        return found[0] if found else None
+
+    async def list_conversations(
+        self, *, user_id: str | None = None, limit: int = 100
+    ) -> list[ConversationInfo]:
+        """Conversations, newest activity first (only `user_id`'s when given)."""
+        where = "WHERE user_id = :uid" if user_id is not None else ""
+        return await self._conversations(
+            f"{where} ORDER BY updated_at DESC LIMIT :limit", {"uid": user_id, "limit": limit}
+        )
+
+    async def _conversations(self, tail: str, params: dict[str, Any]) -> list[ConversationInfo]:
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT conversation_id, user_id, channel, title, created_at,"
+                        f" updated_at, messages FROM conversations {tail}"
+                    ),
+                    params,
+                )
+            ).all()
+        return [ConversationInfo(*row) for row in rows]
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a conversation and its messages; False when there was none."""
+        async with self._write() as conn:
+            await conn.execute(
+                text("DELETE FROM messages WHERE conversation_id = :cid"), {"cid": conversation_id}
+            )
+            gone = await conn.execute(
+                text("DELETE FROM conversations WHERE conversation_id = :cid"),
+                {"cid": conversation_id},
+            )
+        return bool(gone.rowcount)
+
+    # -- marks --------------------------------------------------------------------------
+
+    async def seen(self, key: str, *, ttl: float = 86_400.0) -> bool:
+        """Mark `key` as seen for `ttl` seconds; True when it already was (a repeat).
+
+        Atomic across processes, so two deliveries of one event (Slack retries landing on
+        different replicas) never both see False.
+        """
+        now = time.time()
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO marks (key, expires) VALUES (:key, :expires)"
+                        " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires"
+                        " WHERE marks.expires < :now RETURNING key"
+                    ),
+                    {"key": key, "expires": now + ttl, "now": now},
+                )
+            ).first()
+        return row is None
+
+    async def ping(self) -> None:
+        """One round trip to the database (`StoreError` when it is unreachable)."""
+        async with self._read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words for a database error, without SQL or parameters."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {exc.orig}".splitlines()[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _json(value: Any) -> dict[str, Any]:
+    try:
+        out = json.loads(value or "{}")
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _turn(row: Sequence[Any]) -> StoredTurn:
+    """A row of `_COLUMNS` as a `StoredTurn`."""
+    (seq, cid, mid, uid, channel, txt, meta, status, reply, error, received, answered) = row[:12]
+    owner, accepted_by, delivered, attempts, answered_by = row[12:17]
+    return StoredTurn(
+        seq=int(seq),
+        conversation_id=cid,
+        message_id=mid,
+        user_id=uid,
+        channel=channel,
+        text=txt,
+        meta=_json(meta),
+        status=status,
+        reply=reply,
+        error=error,
+        received_at=float(received),
+        answered_at=float(answered) if answered is not None else None,
+        owner=owner,
+        accepted_by=accepted_by,
+        delivered=bool(delivered),
+        attempts=int(attempts or 0),
+        answered_by=answered_by,
+    )
