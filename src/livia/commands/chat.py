@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import os
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx2
 from rich.console import Console
 from rich.text import Text
 
@@ -176,41 +182,167 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+#: The commands the prompt handles itself; nothing starting with "/" reaches the model
+#: (type `//text` to send "/text").
+HELP = (
+    ("/help", "show this list"),
+    ("/new", "start a new conversation"),
+    ("/history", "show this conversation's earlier messages"),
+    ("/quit", "leave (also /exit, Ctrl-D)"),
+)
+
+
 def _interactive(client: Any, console: Console, *, url: str, conversation: str, user: str) -> int:
-    """The prompt loop: `/new` starts a new conversation, `/quit` (or Ctrl-D) leaves."""
-    console.print(
-        Text.assemble(
-            ("Livia", "bold"), f" at {url} · conversation ", (conversation, "cyan"), f" as {user}"
-        )
-    )
-    console.print("/new starts a new conversation, /quit (or Ctrl-D) leaves", style="dim")
-    while True:
-        try:
-            text = console.input("[bold magenta]you ›[/] ").strip()
-        except (EOFError, KeyboardInterrupt):
-            console.out("")
-            return 0
-        if not text:
+    """The prompt loop: `/help` lists the commands, `/quit` (or Ctrl-D) leaves."""
+    demo = bool(server_info(client).get("demo"))
+    header = Text.assemble(("Livia", "bold"), f" at {url}")
+    if demo:
+        header.append(" · demo mode (a simulated model; no OPENAI_API_KEY)", style="yellow")
+    header.append_text(Text.assemble(" · conversation ", (conversation, "cyan"), f" as {user}"))
+    console.print(header)
+    console.print("/help lists the commands, /quit (or Ctrl-D) leaves", style="dim")
+    show_history(client, console, url=url, conversation=conversation, user=user)
+    reader = LineReader(console)
+    try:
+        while True:
+            try:
+                text = reader.read().strip()
+            except (EOFError, KeyboardInterrupt):
+                console.out("")
+                return 0
+            if not text:
+                continue
+            if text.startswith("//"):
+                text = text[1:]
+            elif text.startswith("/"):
+                command = text.split()[0].lower()
+                if command in ("/quit", "/exit"):
+                    return 0
+                if command == "/new":
+                    conversation = _new_conversation()
+                    console.print(f"new conversation {conversation}", style="dim", markup=False)
+                elif command == "/history":
+                    show_history(client, console, url=url, conversation=conversation, user=user)
+                elif command in ("/help", "/?"):
+                    for name, what in HELP:
+                        console.print(Text.assemble(("  " + name.ljust(10), "bold"), what))
+                    console.print("  //text sends a message that starts with /", style="dim")
+                else:
+                    console.print(
+                        f"unknown command {command}; /help lists them (//text sends /text)",
+                        style="yellow",
+                        markup=False,
+                    )
+                continue
+            try:
+                send(
+                    client,
+                    console,
+                    url=url,
+                    conversation=conversation,
+                    user=user,
+                    text=text,
+                    prompt="livia › ",
+                )
+            except KeyboardInterrupt:
+                console.print("\n[dim](stopped waiting; the reply will be in the conversation)[/]")
+            except ServerError as exc:
+                if "no Livia at" in str(exc):
+                    raise
+                console.print(Text(f"✗ {exc}", style="red"))
+    finally:
+        reader.close()
+
+
+def server_info(client: Any) -> dict[str, Any]:
+    """`GET /healthz` (whether the server runs in demo mode); {} when it does not say."""
+    try:
+        response = client.get("/healthz")
+        data = response.json() if response.status_code == 200 else {}
+    except (httpx2.HTTPError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def show_history(
+    client: Any, console: Console, *, url: str, conversation: str, user: str = ""
+) -> int:
+    """Print the conversation's earlier messages; how many there were (404: a new one)."""
+    with friendly_errors(url):
+        response = client.get(f"/v1/conversations/{quote(conversation)}")
+    if response.status_code == 404:
+        console.print(f"new conversation {conversation}", style="dim", markup=False)
+        return 0
+    raise_for_error(response)
+    try:
+        data = response.json()
+    except ValueError:
+        return 0
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list) or not messages:
+        console.print(f"conversation {conversation}: no messages yet", style="dim", markup=False)
+        return 0
+    console.print(f"earlier in {conversation}:", style="dim", markup=False)
+    for message in messages:
+        if not isinstance(message, dict):
             continue
-        if text in ("/quit", "/exit"):
-            return 0
-        if text == "/new":
-            conversation = _new_conversation()
-            console.print(f"new conversation {conversation}", style="dim", markup=False)
-            continue
+        content = str(message.get("content") or "")
+        if message.get("role") == "user":
+            who = message.get("user_id")
+            label = "you › " if who in (None, "", user) else f"{who} › "
+            console.print(Text.assemble((label, "bold magenta"), content))
+        else:
+            console.print(Text.assemble(("livia › ", "bold cyan"), content))
+            if message.get("error"):
+                console.print(Text(f"✗ {message['error']}", style="red"))
+    pending = data.get("pending") if isinstance(data, dict) else 0
+    if isinstance(pending, int) and pending:
+        console.print(f"({pending} still being answered)", style="dim", markup=False)
+    console.rule(style="dim")
+    return len(messages)
+
+
+def history_file() -> Path:
+    """Where the prompt's history is kept between sessions."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "livia" / "chat_history"
+
+
+class LineReader:
+    """The prompt: line editing and history through `readline` on a terminal.
+
+    Without a terminal (a pipe, a file) or without `readline` (Windows), lines are read
+    plainly.
+    """
+
+    PROMPT = "you › "
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.readline: Any = None
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            return
         try:
-            send(
-                client,
-                console,
-                url=url,
-                conversation=conversation,
-                user=user,
-                text=text,
-                prompt="livia › ",
-            )
-        except KeyboardInterrupt:
-            console.print("\n[dim](stopped waiting; the reply will be in the conversation)[/]")
-        except ServerError as exc:
-            if "no Livia at" in str(exc):
-                raise
-            console.print(Text(f"✗ {exc}", style="red"))
+            import readline
+        except ImportError:  # pragma: no cover - no readline on this platform
+            return
+        self.readline = readline
+        readline.set_history_length(1000)
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history_file())
+
+    def read(self) -> str:
+        """One line (EOFError at end of input)."""
+        if self.readline is None:
+            return self.console.input(f"[bold magenta]{self.PROMPT.strip()}[/] ")
+        # \001 and \002 tell readline the colour codes take no room on the line.
+        return input(f"\001\033[1;35m\002{self.PROMPT.strip()}\001\033[0m\002 ")
+
+    def close(self) -> None:
+        """Keep the history for the next session."""
+        if self.readline is None:
+            return
+        path = history_file()
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(path)
