@@ -379,7 +379,9 @@ async def test_chat_page_asks_for_the_token(
         await page.wait_for(
             "document.querySelector('.msg.assistant[data-state=\"done\"]')", "the reply"
         )
-        assert await page.js("localStorage.getItem('livia.apiToken')") == "s3cret-token"
+        # The token lives in this tab's sessionStorage, never in localStorage.
+        assert await page.js("sessionStorage.getItem('livia.apiToken')") == "s3cret-token"
+        assert await page.js("localStorage.getItem('livia.apiToken')") is None
         assert page.errors == []
 
 
@@ -447,6 +449,8 @@ async def test_dashboard_asks_for_the_token(
         await page.type("dash-token")
         await page.click("#token-dialog button[value=save]")
         await page.wait_for("window.liviaDashboard.polls >= 1", "a poll with the token")
+        assert await page.js("sessionStorage.getItem('livia.apiToken')") == "dash-token"
+        assert await page.js("localStorage.getItem('livia.apiToken')") is None
         assert page.errors == []
 
 

@@ -132,8 +132,11 @@ async def test_bad_inputs_get_their_status_and_a_json_error(livia_server: Any) -
     srv = await livia_server(server={"max_text_bytes": 1000})
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         post = client.post
-        _assert_error(await post("/v1/chat", content=b"{not json"), 400, "invalid_json")
-        _assert_error(await post("/v1/chat", content=b"\xff\xfe"), 400, "invalid_json")
+        as_json = {"Content-Type": "application/json"}
+        bad_json = await post("/v1/chat", content=b"{not json", headers=as_json)
+        _assert_error(bad_json, 400, "invalid_json")
+        not_utf8 = await post("/v1/chat", content=b"\xff\xfe", headers=as_json)
+        _assert_error(not_utf8, 400, "invalid_json")
         missing = _assert_error(await post("/v1/chat", json={"text": "hi"}), 422, "invalid_request")
         assert "conversation_id" in missing["message"] and "user_id" in missing["message"]
         typed = await post("/v1/chat", json=_chat(cid=5))  # type: ignore[arg-type]
@@ -142,7 +145,9 @@ async def test_bad_inputs_get_their_status_and_a_json_error(livia_server: Any) -
         _assert_error(await post("/v1/chat", json=_chat(text="   ")), 422, "invalid_request")
         _assert_error(await post("/v1/chat", json=_chat(text="é" * 501)), 413, "text_too_large")
         huge = json.dumps(_chat(text="x" * 2_000_000)).encode()
-        _assert_error(await post("/v1/chat", content=huge), 413, "payload_too_large")
+        _assert_error(
+            await post("/v1/chat", content=huge, headers=as_json), 413, "payload_too_large"
+        )
         _assert_error(await client.get("/v1/conversations/nope"), 404, "unknown_conversation")
         _assert_error(await client.get("/no/such/path"), 404, "not_found")
         _assert_error(await client.get("/v1/chat"), 405, "method_not_allowed")
@@ -160,7 +165,9 @@ async def test_token_guards_the_api_but_not_health(livia_server: Any) -> None:
         _assert_error(await client.get("/v1/conversations/c1"), 401, "unauthorized")
         _assert_error(await client.get("/stats"), 401, "unauthorized")
         # the token is checked before the body is even read
-        _assert_error(await client.post("/v1/chat", content=b"{bad"), 401, "unauthorized")
+        as_json = {"Content-Type": "application/json"}
+        bad = await client.post("/v1/chat", content=b"{bad", headers=as_json)
+        _assert_error(bad, 401, "unauthorized")
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
         good = {"Authorization": "Bearer s3cret-token"}

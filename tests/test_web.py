@@ -61,7 +61,7 @@ def test_pages_and_monitoring_in_the_real_app(
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     settings = Settings(store={"url": f"sqlite:///{tmp_path}/livia.db"})
-    with TestClient(build_app(settings)) as client:
+    with TestClient(build_app(settings), base_url="http://127.0.0.1") as client:
         assert client.get("/").status_code == 200
         assert client.get("/dashboard").status_code == 200
         assert client.get("/healthz").json()["demo"] is True

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from livia import __version__
 from livia.agent import Agent
+from livia.channels.guard import install_guard
 from livia.channels.http import api_router, install_error_handling
 from livia.channels.web import web_router
 from livia.concurrency import ConcurrencyManager, build_manager_checked
@@ -202,6 +203,12 @@ def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -
     )
     app.state.livia = None
     install_error_handling(app)
+    install_guard(
+        app,
+        bound_host=settings.server.host,
+        hosts=settings.server.allowed_hosts,
+        origins=settings.server.allowed_origins,
+    )
     app.include_router(api_router())
     app.include_router(web_router())
     app.include_router(monitoring_router())

@@ -155,6 +155,12 @@ class ServerConfig(_Section):
     #: Conversations answered at once; more are queued up to `max_queued` then refused (503).
     max_active_conversations: int = Field(default=64, ge=1)
     max_queued: int = Field(default=1000, ge=0)
+    #: Host names (``Host`` header) served besides the bound host, localhost, 127.0.0.1,
+    #: [::1] and IP literals; ".example.com" admits sub-domains, "*" any (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: Origins (``scheme://host[:port]``) whose pages may call the API besides the allowed
+    #: hosts' own; "*" allows any page (cross-site requests).
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class StoreConfig(_Section):

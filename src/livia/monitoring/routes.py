@@ -11,7 +11,7 @@ from prometheus_client.exposition import choose_encoder
 
 from livia.monitoring.auth import unauthorized
 from livia.monitoring.metrics import metrics_registry
-from livia.monitoring.page import inline_assets
+from livia.monitoring.page import inline_assets, page_csp
 from livia.monitoring.snapshot import snapshot
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,11 @@ def monitoring_router() -> APIRouter:
     """The monitoring routes; they read `request.app.state.livia` at each request.
 
     `/stats` and `/metrics` need the bearer token when `[server] api_token` is set; the
-    dashboard page is public and asks for the token itself (kept in localStorage).
+    dashboard page is public and asks for the token itself (kept in sessionStorage).
     """
     router = APIRouter(tags=["monitoring"])
     dashboard_html = inline_assets(Path(__file__).with_name("static"), "dashboard.html")
+    dashboard_headers = {"Content-Security-Policy": page_csp(dashboard_html)}
 
     @router.get("/stats", summary="Live statistics as JSON")
     async def stats(request: Request) -> Response:
@@ -47,6 +48,6 @@ def monitoring_router() -> APIRouter:
 
     @router.get("/dashboard", response_class=HTMLResponse, summary="Live monitoring page")
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse(dashboard_html)
+        return HTMLResponse(dashboard_html, headers=dashboard_headers)
 
     return router

@@ -29,8 +29,23 @@
       try { localStorage.setItem(key, JSON.stringify(value)); } catch { /* full or private: keep in memory */ }
     },
   };
-  const getToken = () => { try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return ""; } };
-  const setToken = (v) => { try { localStorage.setItem(TOKEN_KEY, v); } catch { /* memory only */ } };
+  // The API token lives in sessionStorage (this tab only, gone when it closes), not in
+  // localStorage; a token an older version left there is moved over once.
+  let memoryToken = "";
+  const getToken = () => {
+    try {
+      const old = localStorage.getItem(TOKEN_KEY);
+      if (old !== null) {
+        localStorage.removeItem(TOKEN_KEY);
+        if (!sessionStorage.getItem(TOKEN_KEY)) sessionStorage.setItem(TOKEN_KEY, old);
+      }
+      return sessionStorage.getItem(TOKEN_KEY) || memoryToken;
+    } catch { return memoryToken; }
+  };
+  const setToken = (v) => {
+    memoryToken = v;
+    try { sessionStorage.setItem(TOKEN_KEY, v); } catch { /* storage off: memory only */ }
+  };
 
   // ---- state -------------------------------------------------------------------------
   let userId = store.get(USER_KEY, "");

@@ -33,11 +33,22 @@
 
   const maxConcurrent = (s) => num(s.max_concurrent) || num(s.limits?.max_concurrent?.limit);
 
+  // The API token lives in sessionStorage (this tab only, gone when it closes), not in
+  // localStorage; a token an older version left there is moved over once.
+  let memoryToken = "";
   function getToken() {
-    try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return ""; }
+    try {
+      const old = localStorage.getItem(TOKEN_KEY);
+      if (old !== null) {
+        localStorage.removeItem(TOKEN_KEY);
+        if (!sessionStorage.getItem(TOKEN_KEY)) sessionStorage.setItem(TOKEN_KEY, old);
+      }
+      return sessionStorage.getItem(TOKEN_KEY) || memoryToken;
+    } catch { return memoryToken; }
   }
   function setToken(value) {
-    try { localStorage.setItem(TOKEN_KEY, value); } catch { /* private mode: keep for this page only */ }
+    memoryToken = value;
+    try { sessionStorage.setItem(TOKEN_KEY, value); } catch { /* storage off: keep for this page only */ }
   }
 
   /** A small time-series line chart: fixed time window, auto or percent y-axis. */
