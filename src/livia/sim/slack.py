@@ -537,6 +537,7 @@ class SimSlack:
             "team_id": self.team_id,
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
+            "app_id": self.app_id,
             "is_enterprise_install": False,
         }
 

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from fastapi.responses import JSONResponse
+from slack_bolt.adapter.starlette.async_handler import to_starlette_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 
 from livia.channels.slack.api import ApiRunner, SlackApi, error_code, new_web_client
 from livia.channels.slack.handling import (
@@ -68,6 +72,70 @@ class SlackIdentity:
     bot_id: str
     enterprise_id: str | None = None
     team: str = ""
+    #: The app's id, when `auth.test` names it (then events must carry the same
+    #: `api_app_id`).
+    app_id: str = ""
+    #: An org-wide install answers in every workspace of its enterprise.
+    enterprise_install: bool = False
+
+    def foreign(self, body: Mapping[str, Any]) -> str | None:
+        """Why an Events API `body` is not for this bot (another team or app), or None."""
+        if body.get("type") in ("url_verification", "ssl_check"):
+            return None  # no team yet: Slack checking the URL itself
+        app = body.get("api_app_id")
+        if self.app_id and app != self.app_id:
+            return f"api_app_id={app!r} is not this app ({self.app_id})"
+        team, enterprise = _team_of(body)
+        if self.enterprise_install and self.enterprise_id and enterprise == self.enterprise_id:
+            return None
+        if not team or team != self.team_id:
+            return f"team_id={team!r} is not this bot's team ({self.team_id})"
+        return None
+
+
+def _team_of(body: Mapping[str, Any]) -> tuple[str, str]:
+    """The (team id, enterprise id) an Events API or interactive body was sent for."""
+    auths = body.get("authorizations")
+    first = auths[0] if isinstance(auths, list) and auths and isinstance(auths[0], Mapping) else {}
+    team_field = body.get("team")
+    team = (
+        body.get("team_id")
+        or first.get("team_id")
+        or (team_field.get("id") if isinstance(team_field, Mapping) else team_field)
+        or ""
+    )
+    enterprise_field = body.get("enterprise")
+    enterprise = (
+        body.get("enterprise_id")
+        or first.get("enterprise_id")
+        or (enterprise_field.get("id") if isinstance(enterprise_field, Mapping) else None)
+        or ""
+    )
+    return str(team), str(enterprise)
+
+
+#: The largest Slack request body read (Slack's own are a few KB); larger ones get 413
+#: before a byte is parsed.
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+def _slack_error(status: int, type_: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
+
+
+def _parse_body(text: str, content_type: str) -> dict[str, Any]:
+    """The body as Bolt will read it (JSON, or a form with a JSON `payload`); ValueError
+    when it is not a JSON object."""
+    if content_type == "application/json" or text.startswith("{"):
+        data: Any = json.loads(text)
+    else:
+        params = dict(parse_qsl(text, keep_blank_values=True))
+        data = json.loads(params["payload"]) if "payload" in params else params
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    if "event" in data and not isinstance(data["event"], dict):
+        raise ValueError("`event` is not an object")
+    return data
 
 
 class SlackDelivery:
@@ -183,7 +251,6 @@ class SlackChannel:
         self._closed = False
 
         self.app = self._build_bolt_app()
-        self._http_handler = AsyncSlackRequestHandler(self.app)
         self.router = APIRouter()
         self.router.add_api_route(
             "/slack/events", self._http_events, methods=["POST"], include_in_schema=False
@@ -195,8 +262,23 @@ class SlackChannel:
     def _build_bolt_app(self) -> AsyncApp:
         channel = self
 
-        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+        async def authorize(
+            enterprise_id: str | None, team_id: str | None
+        ) -> AuthorizeResult | None:
             me = await channel.whoami()
+            ours = team_id == me.team_id or (
+                me.enterprise_install
+                and bool(me.enterprise_id)
+                and enterprise_id == me.enterprise_id
+            )
+            if not ours:  # the bot token is this workspace's alone
+                log.warning(
+                    "slack authorize refused: team=%s enterprise=%s is not this bot's (%s)",
+                    team_id,
+                    enterprise_id,
+                    me.team_id,
+                )
+                return None
             return AuthorizeResult(
                 enterprise_id=me.enterprise_id or enterprise_id,
                 team_id=me.team_id or team_id,
@@ -224,7 +306,7 @@ class SlackChannel:
             # Bolt's client only serves its per-request context; Livia calls through `api`.
             client=new_web_client("", self.config.api_url),
             signing_secret=self._signing_secret,
-            authorize=authorize,
+            authorize=authorize,  # type: ignore[arg-type]  # None: "not installed here"
             process_before_response=False,
         )
         app.event("app_mention")(on_message)
@@ -234,8 +316,60 @@ class SlackChannel:
         return app
 
     async def _http_events(self, request: Request) -> Response:
-        """`POST /slack/events`: Bolt checks signature and timestamp (401 otherwise)."""
-        return await self._http_handler.handle(request)
+        """`POST /slack/events`: at most `MAX_EVENT_BYTES` read (413), the signature checked
+        on the raw bytes before anything is parsed (401), a malformed signed body refused
+        (400), another team's or app's event acknowledged and dropped; then Bolt."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+            return _slack_error(413, "payload_too_large", f"over {MAX_EVENT_BYTES} bytes")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_EVENT_BYTES:
+                return _slack_error(413, "payload_too_large", f"over {MAX_EVENT_BYTES} bytes")
+        if not self._signed(bytes(raw), request.headers):
+            log.info("slack request refused: bad, missing or expired signature")
+            return _slack_error(
+                401, "invalid_signature", "the Slack signature is missing, wrong or too old"
+            )
+        try:
+            text = raw.decode("utf-8")
+            body = _parse_body(text, request.headers.get("content-type", ""))
+        except (ValueError, KeyError, RecursionError) as exc:
+            log.warning("slack request refused: malformed signed body (%s)", type(exc).__name__)
+            return _slack_error(400, "invalid_body", "the body is not a Slack event (JSON object)")
+        try:
+            me = await self.whoami()
+        except SlackSetupError as exc:
+            log.error("slack event not handled: %s", exc)
+            return _slack_error(503, "slack_unavailable", "Livia cannot reach Slack right now")
+        if (why := me.foreign(body)) is not None:
+            log.warning("slack event ignored: event=%s %s", body.get("event_id"), why)
+            return Response(status_code=200)  # acknowledged, so Slack does not retry
+        bolt_request = AsyncBoltRequest(
+            body=text,
+            query=request.query_params,  # type: ignore[arg-type]
+            headers=request.headers,  # type: ignore[arg-type]
+        )
+        try:
+            return to_starlette_response(await self.app.async_dispatch(bolt_request))
+        except Exception:
+            log.exception("slack event could not be dispatched: event=%s", body.get("event_id"))
+            return _slack_error(400, "invalid_body", "the body could not be processed")
+
+    def _signed(self, raw: bytes, headers: Mapping[str, str]) -> bool:
+        """True when `raw` carries Slack's valid, fresh (5 min) signature."""
+        timestamp = headers.get("x-slack-request-timestamp", "")
+        signature = headers.get("x-slack-signature", "")
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            return False
+        if not (signature.isascii() and self._signing_secret):
+            return False
+        try:
+            verifier = SignatureVerifier(self._signing_secret)
+            return verifier.is_valid(raw, timestamp, signature)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            return False  # e.g. a body that is not UTF-8: Slack never signs one
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -267,6 +401,8 @@ class SlackChannel:
                     bot_id=str(resp.get("bot_id") or ""),
                     enterprise_id=resp.get("enterprise_id") or None,
                     team=str(resp.get("team") or ""),
+                    app_id=str(resp.get("app_id") or ""),
+                    enterprise_install=bool(resp.get("is_enterprise_install")),
                 )
             return self._identity
 
@@ -359,6 +495,9 @@ class SlackChannel:
         if msg is None:
             return None
         try:
+            if (why := (await self.whoami()).foreign(body)) is not None:
+                log.warning("slack event ignored: event=%s %s", msg.event_id, why)
+                return None
             return await self._handle(msg)
         except Exception:
             log.exception(
@@ -373,6 +512,9 @@ class SlackChannel:
         """A user opened an assistant thread with Livia: it is hers, nothing to read back."""
         thread = (body.get("event") or {}).get("assistant_thread") or {}
         channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
+        if (why := (await self.whoami()).foreign(body)) is not None:
+            log.warning("slack event ignored: event=%s %s", body.get("event_id"), why)
+            return
         if channel and thread_ts:
             team = body.get("team_id") or ""
             await self._memory.remember_thread(conversation_id(team, channel, thread_ts))
