@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,44 @@ class ChatRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("text must not be empty")
-        return value
+        return valid_unicode(value)
+
+    @field_validator("conversation_id", "user_id", "message_id")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return printable_id(value) if value is not None else None
+
+
+#: Characters an id may not hold: C0/C1 controls (CR, LF, NUL…), DEL, the Unicode line and
+#: paragraph separators, and lone surrogates (not Unicode at all).
+_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Conversation-id prefixes owned by other channels: the HTTP API neither reads nor writes
+#: them (a Slack thread is answered only for what was said in Slack).
+FOREIGN_PREFIXES = ("slack:",)
+
+
+def printable_id(value: str) -> str:
+    """`value` when it holds no control character (they would forge log lines); else a
+    ValueError (422)."""
+    if (bad := _BAD_ID_CHAR.search(value)) is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad.group()):04X})")
+    return value
+
+
+def valid_unicode(value: str) -> str:
+    """`value` when it is valid Unicode (JSON's ``\\ud800`` escapes can make a lone
+    surrogate, which no encoder accepts); else a ValueError (422)."""
+    if _SURROGATE.search(value) is not None:
+        raise ValueError("must be valid Unicode (it holds an unpaired surrogate)")
+    return value
+
+
+def foreign_prefix(conversation_id: str) -> str | None:
+    """The prefix of another channel's namespace that `conversation_id` is in (whatever
+    its case), or None when the HTTP API may use it."""
+    lowered = conversation_id.lower()
+    return next((p for p in FOREIGN_PREFIXES if lowered.startswith(p)), None)
 
 
 def _state(request: Request) -> Livia:
@@ -127,6 +165,8 @@ def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as exc:
@@ -137,6 +177,13 @@ def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
             413,
             "text_too_large",
             f"text is {size} bytes; the limit is {max_text_bytes} ([server] max_text_bytes)",
+        )
+    if (prefix := foreign_prefix(req.conversation_id)) is not None:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"conversation ids starting with {prefix!r} belong to that channel; the HTTP API "
+            "cannot write into them (use another conversation_id)",
         )
     return req
 
@@ -198,6 +245,8 @@ def api_router() -> APIRouter:
     async def conversation(conversation_id: str, request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
+        if foreign_prefix(conversation_id) is not None:  # another channel's: as if absent
+            raise UnknownConversation(conversation_id)
         turns = await _state(request).conversations.turns(conversation_id)
         messages: list[dict[str, Any]] = []
         for turn in turns:
