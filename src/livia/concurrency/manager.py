@@ -24,6 +24,7 @@ from livia.concurrency.limiter import Backend, MemoryBackend, loop_time
 from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy
 from livia.concurrency.retry import backoff_strategy, backoff_wait, classify
 from livia.concurrency.stats import ApiStats
+from livia.logs import describe_error
 
 log = logging.getLogger("livia.concurrency")
 
@@ -209,7 +210,7 @@ class ConcurrencyManager:
             stats.http_429 += 1
         if not failure.retryable or attempt >= policy.retry_attempts:
             stats.failed_requests += 1
-            stats.last_error = f"{failure.kind}: {exc}"[:300]
+            stats.last_error = _last_error(failure.kind, exc, failure.status)
             if failure.retryable:
                 up.breaker.failure(now, probe)
             elif failure.status:
@@ -241,7 +242,7 @@ class ConcurrencyManager:
         if now + wait > give_up:
             stats.failed_requests += 1
             stats.capacity_exhausted += 1
-            stats.last_error = f"{failure.kind}: {exc}"[:300]
+            stats.last_error = _last_error(failure.kind, exc, failure.status)
             up.breaker.neutral(probe)
             log.warning(
                 "giving up api=%s op=%s key=%s: next attempt in %.1fs is past the deadline",
@@ -305,6 +306,12 @@ class ConcurrencyManager:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _last_error(kind: str, exc: BaseException, status: int) -> str:
+    """What `/stats` shows of a failure: its kind, class and status, and its message
+    scrubbed of keys and URLs (an SDK error may quote the `Authorization` header)."""
+    return f"{kind}: {describe_error(exc, status=status or None)}"
 
 
 def _short(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from livia.logs import scrub
+
 log = logging.getLogger(__name__)
 
 
@@ -72,17 +74,32 @@ def tool_status(state: object) -> Any:
     return raw if raw is not None else {}
 
 
+def scrubbed(value: Any) -> Any:
+    """A JSON-ready `value` with every string scrubbed (`livia.logs.scrub`): no key, token
+    or URL path (an MCP URL may carry its key) reaches `/stats` or the dashboard."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    return value
+
+
 def snapshot(state: object) -> dict[str, Any]:
     """The `/stats` JSON: upstreams, conversations, tools, demo flag and the server time.
 
-    `time` is Unix seconds, so a poller can turn counter deltas into rates.
+    `time` is Unix seconds, so a poller can turn counter deltas into rates. Every string
+    in it is scrubbed of secrets, and URLs are shown as scheme and host only.
     """
-    return jsonable(
-        {
-            "upstreams": upstream_stats(state),
-            "conversations": conversation_stats(state),
-            "tools": tool_status(state),
-            "demo": bool(getattr(state, "demo", False)),
-            "time": time.time(),
-        }
+    return scrubbed(
+        jsonable(
+            {
+                "upstreams": upstream_stats(state),
+                "conversations": conversation_stats(state),
+                "tools": tool_status(state),
+                "demo": bool(getattr(state, "demo", False)),
+                "time": time.time(),
+            }
+        )
     )
