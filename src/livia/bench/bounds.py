@@ -1,6 +1,6 @@
 """What was possible: the lower bound on a job's makespan, and an ideal scheduler's.
 
-`lower_bound` is the closed form DESIGN.md states, per upstream with its *real* limits:
+`lower_bound` is the closed form, per upstream with its *real* limits:
 ``max(ceil(A / C) * L, floor((A - 1) / R) * W + L)`` where A is the attempts the upstream
 had to serve (successes and 5xx failures: a 429 is the strategy's own waste), C its
 concurrency, L its latency and R per W seconds each request window; and per user, the

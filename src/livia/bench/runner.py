@@ -230,22 +230,23 @@ async def _workload(
     """Every user's calls through `strategy`; returns one record per call."""
     loop = asyncio.get_running_loop()
     records: list[CallRecord] = []
-    numbers = itertools.count()
 
     def clock() -> float:
         return loop.time() - t0
 
-    async def one(user: UserLoad, api: str) -> None:
+    async def one(user: UserLoad, api: str, index: int) -> None:
         record = CallRecord(user.key, api, user.group, clock())
         records.append(record)
         upstream = upstreams[api]
-        number = next(numbers)
 
         async def attempt() -> None:
             trial = AttemptRecord(clock())
             record.attempts.append(trial)
+            # The same name in every strategy: the simulator draws this attempt's fault
+            # from it, so all strategies meet one failure schedule.
+            name = f"{user.key}/{index}/{len(record.attempts)}"
             try:
-                await upstream.attempt(number)
+                await upstream.attempt(name)
                 trial.outcome = OK
             except RetryableError as exc:
                 trial.outcome = REFUSED if exc.status == 429 else FAILED
@@ -272,10 +273,10 @@ async def _workload(
         if user.start_at > 0:
             await asyncio.sleep(user.start_at)
         if user.sequential:
-            for api in user.calls:
-                await one(user, api)
+            for index, api in enumerate(user.calls):
+                await one(user, api, index)
         else:
-            await asyncio.gather(*(one(user, api) for api in user.calls))
+            await asyncio.gather(*(one(user, api, i) for i, api in enumerate(user.calls)))
 
     try:
         async with asyncio.timeout(job.scenario.timeout):

@@ -1,7 +1,7 @@
 """The benchmark scenarios: who calls which upstream when, against which real limits.
 
 Each scenario names the upstreams (with the limits the simulator really enforces), the
-policies the strategies are configured with (the reference ones from DESIGN.md unless
+policies the strategies are configured with (the reference ones unless
 the scenario is about a wrong configuration), and the users: each user makes its calls
 in sequence (a conversation turn) or all at once (a burst). `catalogue(quick)` builds
 them; `--quick` uses shorter latencies and fewer calls so the whole report runs in about
@@ -187,7 +187,7 @@ def catalogue(quick: bool) -> list[Scenario]:
     out.append(
         Scenario(
             "ref-openai",
-            "DESIGN.md reference: 10 concurrent OpenAI calls of 2 s, 8 slots",
+            "reference: 10 concurrent OpenAI calls of 2 s, 8 slots",
             "4.0 s: 8 calls, then 2 (ceil(10/8) x 2 s)",
             (_openai(2.0),),
             _policies(),
@@ -197,7 +197,7 @@ def catalogue(quick: bool) -> list[Scenario]:
     out.append(
         Scenario(
             "ref-zapier",
-            "DESIGN.md reference: 6 concurrent Zapier tool calls of 2 s, 3 slots",
+            "reference: 6 concurrent Zapier tool calls of 2 s, 3 slots",
             "4.0 s: 3 calls, then 3 (ceil(6/3) x 2 s)",
             (_zapier(2.0),),
             _policies(),
@@ -207,7 +207,7 @@ def catalogue(quick: bool) -> list[Scenario]:
     out.append(
         Scenario(
             "ref-mixed",
-            "DESIGN.md reference: 5 OpenAI + 3 Zapier calls of 2 s at once",
+            "reference: 5 OpenAI + 3 Zapier calls of 2 s at once",
             "2.0 s: one round, the two upstreams never wait on each other",
             (_openai(2.0), _zapier(2.0)),
             _policies(),
@@ -218,9 +218,16 @@ def catalogue(quick: bool) -> list[Scenario]:
     out.append(
         Scenario(
             "ref-retry",
-            "DESIGN.md reference: a call failing twice (HTTP 5xx), then succeeding",
+            "reference: a call failing twice (HTTP 5xx), then succeeding",
             f"3 attempts of {latency:g} s + waits of 1 s then 2 s = {3 * latency + 3:g} s",
-            (_openai(latency, fail_rate=0.5, seed=seed_for_faults("FFS", 0.5)),),
+            (
+                _openai(
+                    latency,
+                    fail_rate=0.5,
+                    seed=seed_for_faults("FFS", 0.5),
+                    faults_per_attempt=False,  # the pattern is the sequence's first draws
+                ),
+            ),
             _policies(),
             (UserLoad("user-0", ("openai",)),),
         )

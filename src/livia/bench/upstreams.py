@@ -94,6 +94,10 @@ class UpstreamSpec:
     requests_per_hour: int = 0
     fail_rate: float = 0.0
     seed: int | None = None
+    #: Faults drawn per attempt from `seed` and the attempt's name (user, call, attempt
+    #: number), so every strategy meets the same failures whatever order its requests
+    #: arrive in; False: from one sequence in arrival order (`seed_for_faults` patterns).
+    faults_per_attempt: bool = True
 
     @property
     def windows(self) -> tuple[tuple[int, float], ...]:
@@ -156,8 +160,12 @@ class SimUpstream:
         """Start the simulator and the client; `stack` stops them (in the same task)."""
         raise NotImplementedError
 
-    async def attempt(self, number: int) -> None:
-        """One request; returns when it succeeded, raises when it did not."""
+    async def attempt(self, name: str) -> None:
+        """One request; returns when it succeeded, raises when it did not.
+
+        `name` says which attempt of which call this is ("user-3/1/2": user-3's call 1,
+        attempt 2), the same for every strategy.
+        """
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -223,8 +231,11 @@ class OpenAIUpstream(SimUpstream):
 
         await asyncio.gather(*(one() for _ in range(max(1, self.spec.max_concurrent))))
 
-    async def attempt(self, number: int) -> None:
-        async with self.session.post(self.url, data=_CHAT_BODY) as response:
+    async def attempt(self, name: str) -> None:
+        from livia.sim.openai import FAULT_KEY_HEADER
+
+        headers = {FAULT_KEY_HEADER: name} if self.spec.faults_per_attempt else None
+        async with self.session.post(self.url, data=_CHAT_BODY, headers=headers) as response:
             body = await response.read()
             if response.status == 200:
                 return
@@ -274,9 +285,9 @@ class McpUpstream(SimUpstream):
         )
         await self.client.list_tools()  # a connected toolbox has listed its tools already
 
-    async def attempt(self, number: int) -> None:
+    async def attempt(self, name: str) -> None:
         result = await self.client.call_tool(
-            "create_task", {"title": f"Benchmark task {number}"}, ATTEMPT_TIMEOUT
+            "create_task", {"title": f"Benchmark task {name}"}, ATTEMPT_TIMEOUT
         )
         if not result.is_error:
             return

@@ -68,6 +68,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="run every (scenario, strategy) alone, one after another (slower, no overlap)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column of the table, whatever the terminal's width "
+        "(by default a narrow terminal gets the columns that fit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +125,8 @@ def _output(
     wall: float,
 ) -> None:
     """Print the table and the legend; write the JSON and the PNG if asked."""
+    from rich.console import Console
+
     from livia.bench import report
 
     machine.update(
@@ -128,7 +136,10 @@ def _output(
         command=_command(args),
     )
 
-    console.print(report.table(results, scenarios))
+    if args.wide and console.width < REPORT_WIDTH:  # every column, at its own width
+        Console(width=REPORT_WIDTH).print(report.table(results, scenarios, wide=True))
+    else:
+        console.print(report.table(results, scenarios, width=console.width, wide=args.wide))
     console.print(report.legend(scenarios))
     console.print(
         f"[dim]{machine['nproc']} cores, {machine['cpu_model']}, Python {machine['python']}; "

@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 #: Most seconds a request told to time out hangs before the server drops it.
 MAX_HANG = 3600.0
 
+#: A request carrying this header draws its fault from its own generator, seeded with
+#: `seed` and the header's value, instead of the shared sequence: a client that names each
+#: attempt (e.g. "user-3/call-1/attempt-2") gets the same faults whatever order its
+#: requests arrive in (the benchmark gives every strategy one failure schedule this way).
+FAULT_KEY_HEADER = "X-Sim-Fault-Key"
+
 #: Stream chunks due within this many seconds of each other go out in one write.
 _BATCH_WINDOW = 0.005
 
@@ -450,7 +456,9 @@ class SimOpenAI(SimServer):
         """Serve an admitted request: a fault, or the reply after the simulated latency."""
         cfg, stats = self.config, self.stats
         span = stats.timeline.begin(now)
-        draw = self._rng.random()
+        fault_key = request.headers.get(FAULT_KEY_HEADER)
+        faults = self._rng if fault_key is None else random.Random(f"{cfg.seed}:{fault_key}")
+        draw = faults.random()
         delay = self._latency.sample(self._rng)
         key = next(self._ids)
         self._planned_ends[key] = now + delay
@@ -471,7 +479,7 @@ class SimOpenAI(SimServer):
                 await asyncio.sleep(delay)
                 outcome = "failed"
                 stats.failed += 1
-                return _server_error(self._rng, headers)
+                return _server_error(faults, headers)
             headers["openai-processing-ms"] = str(round(delay * 1000))
             if call.stream:
                 response, complete = await self._stream(request, headers, delay, call)
