@@ -9,6 +9,7 @@ instead. Each test gets a fresh database (`PostgresServer.new_database`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -112,11 +113,9 @@ class PostgresServer:
             finally:
                 await conn.close()
 
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(create())
-        finally:
-            loop.close()
+        # Its own loop in a thread: callers may be sync or inside a running loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, create()).result(timeout=60)
         return self.url(name)
 
 

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -68,8 +67,9 @@ def _msg(cid: str, mid: str, text: str | None = None, user: str = "u1") -> Incom
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/livia.db")
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The same dispatcher tests on SQLite and on PostgreSQL."""
+    s = Store(store_url)
     await s.open()
     yield s
     await s.close()
@@ -256,8 +256,8 @@ class _Recorder:
         self.delivered.append((message, reply))
 
 
-async def test_accepted_messages_survive_a_restart(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/livia.db"
+async def test_accepted_messages_survive_a_restart(store_url: str) -> None:
+    url = store_url
     gate = asyncio.Event()  # never opened: the first run dies before answering
     async with Store(url) as store:
         conv = await _started(EchoResponder(gate=gate), store)

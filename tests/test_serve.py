@@ -175,13 +175,31 @@ def test_a_bad_store_url_is_a_message_not_a_trace(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "livia", "serve", "--port", "0"],
         cwd=tmp_path,
-        env=_clean_env(LIVIA_STORE__URL="postgres://db/livia"),
+        env=_clean_env(LIVIA_STORE__URL="mysql://db/livia"),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode != 0
     assert "unsupported [store] url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_store_is_refused_in_one_line(tmp_path: Path) -> None:
+    port = _free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "livia", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_clean_env(LIVIA_STORE__URL="postgresql://livia:hunter2@127.0.0.1:1/livia"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("livia serve: cannot reach the store postgresql://")
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    with socket.socket() as sock:  # it never took the port
+        sock.bind(("127.0.0.1", port))
 
 
 def test_an_unreachable_redis_is_a_message_not_a_trace(tmp_path: Path) -> None:

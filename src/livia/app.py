@@ -27,6 +27,7 @@ from livia.concurrency import ConcurrencyManager, build_manager_checked
 from livia.config import McpServerConfig, Settings
 from livia.conversations import Conversations
 from livia.monitoring import monitoring_router
+from livia.monitoring.snapshot import snapshot as stats_snapshot
 from livia.store import Store
 
 if TYPE_CHECKING:
@@ -66,6 +67,11 @@ class Livia:
     #: The simulated upstreams of demo mode (they expose their own counters).
     simulators: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def instance_id(self) -> str:
+        """This replica's name (``[server] instance_id``, default HOSTNAME-PID)."""
+        return self.store.instance_id
 
     @property
     def ready(self) -> bool:
@@ -121,7 +127,11 @@ async def run_livia(
             settings, simulators = await _start_demo_upstreams(settings, stack)
         manager = await build_manager_checked(settings)
         stack.push_async_callback(_bounded, "concurrency manager", manager.aclose)
-        store = Store(settings.store.url)
+        store = Store(
+            settings.store.url,
+            lease=settings.store.lease,
+            instance_id=settings.server.resolved_instance_id(),
+        )
         await store.open()
         stack.push_async_callback(_bounded, "store", store.close)
         agent = Agent(settings, manager, openai_client=openai_client)
@@ -148,12 +158,14 @@ async def run_livia(
         if settings.slack.mode != "off":
             from livia.channels.slack import SlackChannel
 
-            # Built before the inbox is recovered: it registers Slack's ReplyDelivery.
+            # Built before the inbox is taken: it registers Slack's ReplyDelivery.
             livia.slack = SlackChannel(settings, conversations, manager, store=store)
             stack.push_async_callback(_bounded, "slack", livia.slack.aclose)
-        await conversations.start()
         if livia.slack is not None:
             await livia.slack.start()
+        # Last: a process that fails to start claims no message.
+        conversations.snapshot = lambda: stats_snapshot(livia)
+        await conversations.start()
         log.info(
             "Livia %s ready: model=%s at %s, tools=%s, slack=%s, store=%s",
             __version__,
@@ -161,7 +173,7 @@ async def run_livia(
             settings.llm.base_url or "OpenAI",
             ", ".join(agent.tools) or "none",
             settings.slack.mode,
-            store.path,
+            store.display,
         )
         yield livia
         log.info("Livia stopping")

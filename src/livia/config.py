@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tomllib
 import types
@@ -155,6 +156,8 @@ class ServerConfig(_Section):
     #: Conversations answered at once; more are queued up to `max_queued` then refused (503).
     max_active_conversations: int = Field(default=64, ge=1)
     max_queued: int = Field(default=1000, ge=0)
+    #: This replica's name in /healthz, /stats, the dashboard and metrics (default HOSTNAME-PID).
+    instance_id: str = Field(default="", max_length=128)
     #: Host names (``Host`` header) served besides the bound host, localhost, 127.0.0.1,
     #: [::1] and IP literals; ".example.com" admits sub-domains, "*" any (DNS rebinding).
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -162,11 +165,18 @@ class ServerConfig(_Section):
     #: hosts' own; "*" allows any page (cross-site requests).
     allowed_origins: list[str] = Field(default_factory=list)
 
+    def resolved_instance_id(self) -> str:
+        """`instance_id`, or ``HOSTNAME-PID`` when unset."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
 
 class StoreConfig(_Section):
     """`[store]`: where conversations, the inbox and history live."""
 
     url: str = "sqlite:///var/livia.db"
+    #: Seconds a replica holds a claimed message without renewing it; a dead replica's
+    #: messages are taken over by a live one within about twice this.
+    lease: float = Field(default=10.0, gt=0, le=300)
 
 
 class CoordinationConfig(_Section):

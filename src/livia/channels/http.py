@@ -295,6 +295,7 @@ def api_router() -> APIRouter:
             {
                 "status": "ok",
                 "version": __version__,
+                "instance": livia.instance_id if livia else None,
                 "demo": bool(livia and livia.demo),
                 "notice": livia.notice if livia else None,
             }

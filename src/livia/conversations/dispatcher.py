@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from livia.conversations.errors import Busy, MessageIdConflict, NotRunning, UnknownConversation
+from livia.conversations.locks import KeyedLocks
 from livia.conversations.turn import Listeners, run_turn
 from livia.conversations.types import (
     ChatMessage,
@@ -143,6 +144,7 @@ class Conversations:
         self._watching: dict[int, _Job] = {}  # by seq: answered (or to be taken) elsewhere
         self._workers: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._intake = KeyedLocks()
         self._wake_scan = asyncio.Event()
         self._wake_watch = asyncio.Event()
         self._active = 0
@@ -229,7 +231,10 @@ class Conversations:
         for job in self._jobs.values():
             if not job.future.done():
                 job.future.set_exception(
-                    NotRunning("Livia is shutting down; the message is kept and answered")
+                    NotRunning(
+                        "Livia is shutting down; the message is kept and answered on restart"
+                        " (or by another replica)"
+                    )
                 )
                 job.future.exception()  # retrieved: no "never retrieved" warning
         self._jobs.clear()
@@ -268,7 +273,10 @@ class Conversations:
         claim = not self._fenced and self._active + len(self._ready) < self.max_active
         self._reserved += 1  # before the first await: the bound holds under bursts
         try:
-            turn, created, first = await self._store.accept(msg, claim=claim)
+            # In call order per conversation: concurrent accepts of one conversation reach
+            # the store (and so get their place in it) in the order they were made.
+            async with self._intake.hold(msg.conversation_id, timeout=self._reply_timeout):
+                turn, created, first = await self._store.accept(msg, claim=claim)
         finally:
             self._reserved -= 1
         if not created:

@@ -100,6 +100,15 @@ class LiviaCollector(Collector):
         state = self._state()
         if state is None:
             return
+        instance = getattr(state, "instance_id", None)
+        for metric in self._families(state):
+            if isinstance(instance, str):  # which replica: sums and splits across a deployment
+                metric.samples = [
+                    s._replace(labels={**s.labels, "instance": instance}) for s in metric.samples
+                ]
+            yield metric
+
+    def _families(self, state: object) -> Iterator[Metric]:
         yield from self._upstreams(upstream_stats(state))
         yield from self._conversations(conversation_stats(state))
         yield from self._tools(tool_status(state))

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
 from livia.monitoring.auth import unauthorized
+from livia.monitoring.deployment import deployment
 from livia.monitoring.metrics import metrics_registry
 from livia.monitoring.page import inline_assets, page_csp
 from livia.monitoring.snapshot import snapshot
@@ -35,6 +36,13 @@ def monitoring_router() -> APIRouter:
             return denied
         state = getattr(request.app.state, "livia", None)
         return JSONResponse(snapshot(state), headers=_NO_STORE)
+
+    @router.get("/stats/deployment", summary="Every live replica's statistics, and their sums")
+    async def stats_deployment(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        state = getattr(request.app.state, "livia", None)
+        return JSONResponse(await deployment(state), headers=_NO_STORE)
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:

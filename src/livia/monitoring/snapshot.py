@@ -86,6 +86,12 @@ def scrubbed(value: Any) -> Any:
     return value
 
 
+def _instance(state: object) -> str | None:
+    """The replica's instance id (None without a running Livia)."""
+    value = getattr(state, "instance_id", None)
+    return value if isinstance(value, str) else None
+
+
 def snapshot(state: object) -> dict[str, Any]:
     """The `/stats` JSON: upstreams, conversations, tools, demo flag and the server time.
 
@@ -95,6 +101,8 @@ def snapshot(state: object) -> dict[str, Any]:
     return scrubbed(
         jsonable(
             {
+                "instance": _instance(state),
+                "scope": "replica",  # this process's counters; /stats/deployment sums them
                 "upstreams": upstream_stats(state),
                 "conversations": conversation_stats(state),
                 "tools": tool_status(state),

@@ -20,6 +20,7 @@ tokens plus the completion tokens of the reply it gets.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -82,6 +83,8 @@ class SimOpenAIConfig(SimConfigMixin):
     models: tuple[str, ...] = DEFAULT_MODELS
     #: Most request spans the timeline keeps (later requests still count).
     max_timeline: int = 100_000
+    #: Keep the bodies of the last this-many chat requests (`requests`, `GET /sim/requests`).
+    record: int = 0
 
     def __post_init__(self) -> None:
         self._check_limits(
@@ -236,6 +239,8 @@ class SimOpenAI(SimServer):
         self._planned_ends: dict[int, float] = {}
         self._ids = itertools.count()
         self._runner: web.AppRunner | None = None
+        #: The last `config.record` chat request bodies, oldest first.
+        self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.record)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class SimOpenAI(SimServer):
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/sim/stats", self._stats)
+        app.router.add_get("/sim/requests", self._requests)
         app.router.add_post("/sim/reset", self._reset)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(
@@ -411,6 +417,10 @@ class SimOpenAI(SimServer):
 
     # --- handlers ----------------------------------------------------------------------
 
+    async def _requests(self, request: web.Request) -> web.Response:
+        """The recorded chat request bodies (with ``record`` > 0), oldest first."""
+        return web.json_response({"requests": list(self.requests)})
+
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
         stats = self.stats
@@ -427,6 +437,8 @@ class SimOpenAI(SimServer):
         problem = _invalid(body)
         if problem is not None:
             return self._bad_request(now, *problem)
+        if self.config.record:
+            self.requests.append(body)
         call = _Call.from_body(body)
 
         refusal = self._check(now, call.cost, call.model)

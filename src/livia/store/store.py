@@ -263,6 +263,21 @@ class Store:
             raise
         log.info("store open %s owner=%s", self.display, self.owner)
 
+    @classmethod
+    async def check(cls, url: str) -> None:
+        """Reach the database at `url` once (no schema change); `StoreError` says why not."""
+        store = cls(url)
+        if store.backend == "sqlite":
+            return  # a file: created on open; open says what is wrong with the path
+        engine = store._create_engine()
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot reach the store {store.display}: {_reason(exc)}") from None
+        finally:
+            await engine.dispose()
+
     def _create_engine(self) -> AsyncEngine:
         url = self._parsed.engine_url
         if self.backend == "postgresql":

@@ -354,6 +354,10 @@
     $("k-answered").textContent = fmtInt(c.answered);
     $("k-failed-hint").textContent = `${fmtInt(c.failed)} failed`;
     $("demo-badge").hidden = !stats.demo;
+    if (stats.instance) {
+      $("instance-badge").textContent = stats.instance;
+      $("instance-badge").hidden = false;
+    }
 
     const names = [...ups.keys()];
     charts.throughput.draw(times, names.map((n) => ({ color: ups.get(n).color, values: ups.get(n).rps })));
@@ -371,6 +375,58 @@
     ]);
     for (const [name, s] of Object.entries(upstreams)) renderUpstream(name, s, ups.get(name));
     renderTools(stats.tools);
+  }
+
+  // ---- the deployment: every live replica (from /stats/deployment) ---------------------
+  let deploymentPolls = 0;
+
+  function fmtAge(seconds) {
+    const s = Math.max(0, Math.round(num(seconds)));
+    if (s < 90) return `${s} s`;
+    if (s < 5400) return `${Math.round(s / 60)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  }
+
+  function renderReplicas(dep) {
+    const replicas = (dep && dep.replicas) || [];
+    $("replicas-panel").hidden = replicas.length === 0;
+    const body = $("replicas");
+    body.textContent = "";
+    const now = Date.now() / 1000;
+    const cell = (tr, text) => { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); };
+    for (const r of replicas) {
+      const c = r.conversations || {};
+      const tr = document.createElement("tr");
+      if (r.self) tr.className = "self";
+      cell(tr, r.instance);
+      cell(tr, fmtAge(now - num(r.started_at)));
+      cell(tr, `${num(r.heartbeat_age).toFixed(1)} s ago`);
+      for (const key of ["active", "queued", "answered", "failed", "taken_over"]) cell(tr, fmtInt(c[key]));
+      body.appendChild(tr);
+    }
+    const t = (dep.totals && dep.totals.conversations) || {};
+    if (replicas.length > 1) {
+      const tr = document.createElement("tr");
+      cell(tr, `all ${replicas.length}`);
+      cell(tr, "");
+      cell(tr, "");
+      for (const key of ["active", "queued", "answered", "failed", "taken_over"]) cell(tr, fmtInt(t[key]));
+      body.appendChild(tr);
+    }
+    $("replicas-hint").textContent = replicas.length === 1
+      ? "one live process on this store"
+      : `${replicas.length} live processes share this store; the cards above are this replica's`;
+    probe.replicas = replicas.length;
+  }
+
+  async function pollDeployment(headers) {
+    if (deploymentPolls++ % 2) return; // every other poll: each replica publishes once a second
+    try {
+      const res = await fetch("/stats/deployment", { headers, cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+      if (res.ok) renderReplicas(await res.json());
+    } catch (err) {
+      /* the replica list is extra: the main poll reports connection trouble */
+    }
   }
 
   function setStatus(kind, text) {
@@ -396,6 +452,7 @@
       const stats = await res.json();
       record(stats);
       paint(stats);
+      pollDeployment(headers);
       probe.polls += 1;
       probe.lastStats = stats;
       setStatus("live", `live · ${new Date().toLocaleTimeString()}`);
