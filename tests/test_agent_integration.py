@@ -55,7 +55,7 @@ def settings_for(
     model_url: str, servers: Sequence[McpServerConfig] = (), **llm: object
 ) -> Settings:
     return Settings(
-        llm=LlmConfig(base_url=model_url, model="livia-sim", timeout=10.0, **llm),  # type: ignore[arg-type]
+        llm=LlmConfig(base_url=model_url, model="livia-sim", **{"timeout": 10.0, **llm}),  # type: ignore[arg-type]
         mcp=McpConfig(servers=list(servers), reconnect_interval=0.2),
     )
 

@@ -72,8 +72,16 @@ class LlmConfig(_Section):
     history_tokens: int = Field(default=6000, ge=256)
     max_output_tokens: int = Field(default=1024, ge=16)
     temperature: float | None = None
-    #: Seconds one model request may take.
+    #: Seconds one model call may take in all: waiting for capacity, every attempt and
+    #: the backoff between them.
     timeout: float = Field(default=120.0, gt=0)
+    #: Seconds one attempt may take before it is abandoned (and retried while no text has
+    #: reached the user); 0: only `timeout`. Keep it below `timeout`, so a hung attempt
+    #: leaves time for another.
+    attempt_timeout: float = Field(default=60.0, ge=0)
+    #: Seconds a streamed reply may go without a chunk (waiting for the first included)
+    #: before the attempt is abandoned; 0: no idle bound.
+    stream_idle_timeout: float = Field(default=30.0, ge=0)
 
 
 class McpServerConfig(_Section):

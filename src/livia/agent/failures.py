@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import httpx2
 import openai
 
 from livia.concurrency import CapacityExhausted, CircuitOpen
@@ -22,6 +23,19 @@ class StreamInterrupted(Exception):
 
     Not retried: a second attempt would repeat text the user has already seen.
     """
+
+
+class ModelTimeout(openai.APITimeoutError):
+    """A model attempt abandoned at `[llm] attempt_timeout` or `stream_idle_timeout`
+    (retryable while no text reached the user); the message says which bound, how long."""
+
+    def __init__(self, request: httpx2.Request, why: str) -> None:
+        super().__init__(request=request)
+        self.message = why
+        self.args = (why,)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +148,12 @@ def model_failure(exc: BaseException) -> ModelFailure:
             f"Sorry — {what}; try again in ~{in_about} (at {when}).",
             "model_rate_limited" if "rate-limited" in what else "model_capacity",
             exc.retry_after,
+        )
+    if isinstance(exc, StreamInterrupted) and isinstance(exc.__cause__, ModelTimeout):
+        return ModelFailure(
+            "Sorry — the model stopped sending my answer partway, so it is cut off here. "
+            "Please ask again.",
+            "model_interrupted",
         )
     if isinstance(exc, StreamInterrupted):
         return ModelFailure(

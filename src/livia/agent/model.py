@@ -16,6 +16,15 @@ that is made retry-safe like this:
 
 Tool-call deltas are only accumulated, never forwarded, so a retried attempt that produces
 tool calls cannot duplicate anything.
+
+Timeouts
+--------
+Three bounds, from the widest: `[llm] timeout` covers the whole call (waiting for
+capacity, every attempt, the backoff between them); `[llm] attempt_timeout` one attempt;
+`[llm] stream_idle_timeout` the wait for each chunk of the stream, the first included. A
+hung or stalled attempt thus gives its concurrency slot back within the smaller bounds and
+is retried like any failed attempt (before the first text delta), instead of holding the
+slot, and everyone queued behind it, for the whole `timeout`.
 """
 
 from __future__ import annotations
@@ -27,11 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
-import openai
 from openai import AsyncOpenAI, omit
 from openai.types import CompletionUsage
 
-from livia.agent.failures import StreamInterrupted
+from livia.agent.failures import ModelTimeout, StreamInterrupted
 from livia.agent.prompts import estimate_tokens
 from livia.concurrency import ConcurrencyManager
 from livia.config import LlmConfig, Settings
@@ -108,6 +116,8 @@ class ModelClient:
         `CapacityExhausted`, `StreamInterrupted`, ...).
         """
         forwarded = False
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.config.timeout
 
         def forward(text: str) -> None:
             nonlocal forwarded
@@ -117,8 +127,12 @@ class ModelClient:
         async def attempt() -> ModelReply:
             if forwarded:
                 raise StreamInterrupted("the model stream broke after text was sent")
+            left = ends - loop.time()
+            budget = min(self.config.attempt_timeout or left, left)
+            if budget <= 0:
+                raise ModelTimeout(self._request(), "no time left for another attempt")
             try:
-                return await self._stream_once(messages, tools, forward, final=final)
+                return await self._stream_once(messages, tools, forward, final=final, budget=budget)
             except (asyncio.CancelledError, StreamInterrupted):
                 raise
             except Exception as exc:
@@ -142,49 +156,74 @@ class ModelClient:
         on_text: Callable[[str], None],
         *,
         final: bool,
+        budget: float,
     ) -> ModelReply:
-        """One attempt: open the stream and consume it to the end, bounded by `[llm] timeout`."""
+        """One attempt: open the stream and consume it to the end, within `budget` seconds
+        and with no more than `[llm] stream_idle_timeout` seconds between two chunks."""
         reply = ModelReply()
         calls: dict[int, ToolCall] = {}
+        idle = self.config.stream_idle_timeout or None
+        waiting = "response"
         try:
-            async with asyncio.timeout(self.config.timeout):
-                stream = await self.client.chat.completions.create(
-                    model=self.config.model,
-                    messages=cast(Any, list(messages)),
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    max_completion_tokens=self.config.max_output_tokens,
-                    tools=cast(Any, list(tools)) if tools else omit,
-                    tool_choice="none" if tools and final else omit,
-                    temperature=self.config.temperature
-                    if self.config.temperature is not None
-                    else omit,
-                )
-                async with stream:
-                    async for chunk in stream:
-                        if chunk.usage is not None:
-                            reply.usage = chunk.usage
-                        for choice in chunk.choices[:1]:
-                            delta = choice.delta
-                            if delta.content:
-                                reply.text += delta.content
-                                on_text(delta.content)
-                            for part in delta.tool_calls or ():
-                                call = calls.setdefault(part.index, ToolCall(id="", name=""))
-                                if part.id:
-                                    call.id = part.id
-                                if part.function is not None:
-                                    call.name += part.function.name or ""
-                                    call.arguments += part.function.arguments or ""
-                            if choice.finish_reason:
-                                reply.finish_reason = choice.finish_reason
+            async with asyncio.timeout(budget) as whole:
+                async with asyncio.timeout(idle) as gap:
+                    stream = await self.client.chat.completions.create(
+                        model=self.config.model,
+                        messages=cast(Any, list(messages)),
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        max_completion_tokens=self.config.max_output_tokens,
+                        tools=cast(Any, list(tools)) if tools else omit,
+                        tool_choice="none" if tools and final else omit,
+                        temperature=self.config.temperature
+                        if self.config.temperature is not None
+                        else omit,
+                    )
+                    waiting = "first chunk"
+                    async with stream:
+                        chunks = aiter(stream)
+                        while True:
+                            gap.reschedule(_after(idle))
+                            try:
+                                chunk = await anext(chunks)
+                            except StopAsyncIteration:
+                                break
+                            waiting = "next chunk"
+                            if chunk.usage is not None:
+                                reply.usage = chunk.usage
+                            for choice in chunk.choices[:1]:
+                                delta = choice.delta
+                                if delta.content:
+                                    reply.text += delta.content
+                                    on_text(delta.content)
+                                for part in delta.tool_calls or ():
+                                    call = calls.setdefault(part.index, ToolCall(id="", name=""))
+                                    if part.id:
+                                        call.id = part.id
+                                    if part.function is not None:
+                                        call.name += part.function.name or ""
+                                        call.arguments += part.function.arguments or ""
+                                if choice.finish_reason:
+                                    reply.finish_reason = choice.finish_reason
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
-            request = httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
-            raise openai.APITimeoutError(request=request) from None
+            if gap.expired() and not whole.expired():
+                why = f"the stream stalled: no {waiting} for {idle:g} s"
+            else:
+                why = f"the attempt took over {budget:.3g} s"
+            log.info("model attempt abandoned: %s", why)
+            raise ModelTimeout(self._request(), why) from None
         reply.tool_calls = [
             ToolCall(id=call.id or f"call_{index}", name=call.name, arguments=call.arguments)
             for index, call in sorted(calls.items())
             if call.name
         ]
         return reply
+
+    def _request(self) -> httpx2.Request:
+        return httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
+
+
+def _after(seconds: float | None) -> float | None:
+    """The loop time `seconds` from now (None: never)."""
+    return None if seconds is None else asyncio.get_running_loop().time() + seconds

@@ -65,8 +65,10 @@ class SimOpenAIConfig(SimConfigMixin):
     Fault rates are probabilities per request (drawn after admission, from `seed`):
     `fail_rate` answers 500 or 503, `timeout_rate` hangs until the client gives up (at most
     `hang_max` seconds, then the connection is dropped), `drop_rate` closes the connection
-    without an answer. With `enforce_limits` off, requests over a limit are counted but
-    served, which shows how far a client would have overshot.
+    without an answer, `stall_rate` starts a streamed reply and stops it after
+    `stall_after` chunks (then hangs like a timeout; a plain reply hangs whole). With
+    `enforce_limits` off, requests over a limit are counted but served, which shows how far
+    a client would have overshot.
     """
 
     latency: Latency | float | str = 0.0
@@ -77,6 +79,9 @@ class SimOpenAIConfig(SimConfigMixin):
     fail_rate: float = 0.0
     timeout_rate: float = 0.0
     drop_rate: float = 0.0
+    stall_rate: float = 0.0
+    #: Chunks a stalled stream sends before it stops (1: only the role chunk, no text).
+    stall_after: int = 1
     seed: int | None = None
     hang_max: float = 600.0
     enforce_limits: bool = True
@@ -90,12 +95,14 @@ class SimOpenAIConfig(SimConfigMixin):
         self._check_limits(
             "max_concurrent", "requests_per_minute", "requests_per_hour", "tokens_per_minute"
         )
-        for name in ("fail_rate", "timeout_rate", "drop_rate"):
+        for name in ("fail_rate", "timeout_rate", "drop_rate", "stall_rate"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
-        if self.fail_rate + self.timeout_rate + self.drop_rate > 1.0 + 1e-9:
-            raise ValueError("fail_rate + timeout_rate + drop_rate must not exceed 1")
+        if self.fail_rate + self.timeout_rate + self.drop_rate + self.stall_rate > 1.0 + 1e-9:
+            raise ValueError("fail_rate + timeout_rate + drop_rate + stall_rate must not exceed 1")
+        if self.stall_after < 0:
+            raise ValueError("stall_after must not be negative")
         if not (0 < self.hang_max <= MAX_HANG):
             raise ValueError(f"hang_max must be above 0 and at most {MAX_HANG:g} seconds")
         if not self.models:
@@ -118,6 +125,7 @@ class SimOpenAIConfig(SimConfigMixin):
             ("fail", self.fail_rate),
             ("timeout", self.timeout_rate),
             ("drop", self.drop_rate),
+            ("stall", self.stall_rate),
         ):
             if rate:
                 parts.append(f"{label} {rate:.0%}")
@@ -153,6 +161,8 @@ class SimOpenAIStats(SimStatsMixin):
     dropped: int = 0
     #: Requests left hanging on purpose (`timeout_rate`).
     timed_out: int = 0
+    #: Streams stopped part-way on purpose (`stall_rate`).
+    stalled: int = 0
     #: Requests the client abandoned before the reply was complete.
     cancelled: int = 0
     #: Requests refused as malformed (400).
@@ -492,9 +502,22 @@ class SimOpenAI(SimServer):
                 outcome = "failed"
                 stats.failed += 1
                 return _server_error(faults, headers)
+            stall = draw < cfg.drop_rate + cfg.timeout_rate + cfg.fail_rate + cfg.stall_rate
+            if stall:
+                outcome = "stalled"
+                stats.stalled += 1
+                self._planned_ends[key] = now + cfg.hang_max
+                if not call.stream:
+                    await asyncio.sleep(cfg.hang_max)
+                    return _drop(request)
             headers["openai-processing-ms"] = str(round(delay * 1000))
             if call.stream:
-                response, complete = await self._stream(request, headers, delay, call)
+                stop_after = cfg.stall_after if stall else None
+                response, complete = await self._stream(request, headers, delay, call, stop_after)
+                if stall:
+                    if request.transport is not None:
+                        request.transport.close()  # hung up at last: nothing more comes
+                    return response
                 if not complete:
                     return response  # the client went away mid-stream
                 stats.streamed += 1
@@ -521,12 +544,19 @@ class SimOpenAI(SimServer):
                 stats.cancelled += 1
 
     async def _stream(
-        self, request: web.Request, headers: dict[str, str], delay: float, call: _Call
+        self,
+        request: web.Request,
+        headers: dict[str, str],
+        delay: float,
+        call: _Call,
+        stop_after: int | None = None,
     ) -> tuple[web.StreamResponse, bool]:
         """Send the reply as server-sent events spread over `delay` seconds.
 
         Half the delay passes before the first chunk (time to first token), the rest is
         spread evenly over the chunks; chunks due at the same moment go out in one write.
+        With `stop_after`, only that many chunks are sent, then the stream stalls for
+        `hang_max` seconds (a stalled upstream) until the client gives up.
         Returns the response and whether it was sent in full (False: the client left).
         """
         events = wire.stream_events(
@@ -552,6 +582,10 @@ class SimOpenAI(SimServer):
         try:
             await response.prepare(request)
             for i, event in enumerate(events):
+                if stop_after is not None and i >= stop_after:
+                    await response.write(bytes(buffer))
+                    await asyncio.sleep(self.config.hang_max)  # until the client gives up
+                    return response, False
                 pause = begin + i * step - time.monotonic()
                 if pause > _BATCH_WINDOW:
                     if buffer:
