@@ -311,3 +311,80 @@ async def test_two_serves_in_one_folder_never_answer_twice(tmp_path: Path) -> No
             assert all(r.status_code == 200 for r in replies)
     texts = [_last_user_text(r) for r in sim.requests]
     assert sorted(texts) == sorted(b["text"] for b in bodies)  # each once, by server a
+
+
+# --- Slack: events may land on any replica ------------------------------------------------
+
+BOT_TOKEN = "xoxb-test-0000000000-livia"
+SIGNING_SECRET = "test-signing-secret"
+
+
+@pytest.fixture
+async def slack_cluster(cluster: Cluster) -> AsyncIterator[tuple[Cluster, Any]]:
+    from livia.sim.slack import SimSlack
+
+    sim = SimSlack(signing_secret=SIGNING_SECRET, bot_token=BOT_TOKEN)
+    api_url = await sim.start()
+    cluster.env.update(
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        LIVIA_SLACK__MODE="http",
+        LIVIA_SLACK__API_URL=api_url,
+    )
+    try:
+        yield cluster, sim
+    finally:
+        await sim.stop()
+
+
+def _finished_replies(sim: Any, channel: str, ts: str) -> list[Any]:
+    return [m for m in sim.bot_replies(channel, ts) if not m.streaming and m.text]
+
+
+async def test_slack_retries_and_twins_on_other_replicas_are_answered_once(
+    slack_cluster: tuple[Cluster, Any],
+) -> None:
+    cluster, sim = slack_cluster
+    r0, r1, r2 = await _start_all(cluster)
+    bot = sim.bot_user_id
+    mention, twin = sim.mention("C1", "U1", f"<@{bot}> where is the meeting?")
+    ts = mention["event"]["ts"]
+    results = await asyncio.gather(
+        sim.post_event(f"{r0.url}/slack/events", mention),
+        sim.post_event(f"{r1.url}/slack/events", twin),
+        sim.post_event(f"{r2.url}/slack/events", mention, retry_num=1),
+    )
+    assert [status for status, _ in results] == [200, 200, 200]
+    await sim.wait_for(lambda s: bool(_finished_replies(s, "C1", ts)), 30)
+    await asyncio.sleep(LEASE)  # room for a second answer, were there one
+    assert len(_finished_replies(sim, "C1", ts)) == 1
+    assert len(cluster.sim.requests) == 1  # one model call for the three deliveries
+    # a follow-up without a mention, on another replica: the thread is known everywhere
+    follow = sim.message_event("C1", "U1", "and at what time?", thread_ts=ts)
+    assert (await sim.post_event(f"{r2.url}/slack/events", follow))[0] == 200
+    await sim.wait_for(lambda s: len(_finished_replies(s, "C1", ts)) == 2, 30)
+    second = cluster.sim.requests[-1]
+    assert [m["role"] for m in second["messages"] if m["role"] != "system"] == [
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
+@pytest.mark.sim_latency(3.0)
+async def test_slack_reply_is_delivered_by_a_live_replica_after_kill_9(
+    slack_cluster: tuple[Cluster, Any],
+) -> None:
+    cluster, sim = slack_cluster
+    r0, _r1 = await _start_all(cluster, 2)
+    mention, _ = sim.mention("C2", "U1", "<@U0LIVIA> summarise the plan")
+    ts = mention["event"]["ts"]
+    assert (await sim.post_event(f"{r0.url}/slack/events", mention))[0] == 200
+    deadline = time.monotonic() + 30
+    while not cluster.sim.requests:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    r0.kill()
+    await sim.wait_for(lambda s: bool(_finished_replies(s, "C2", ts)), 2 * LEASE + 3.0 + 10)
+    await asyncio.sleep(LEASE)
+    assert len(_finished_replies(sim, "C2", ts)) == 1  # delivered once, by the live replica

@@ -129,7 +129,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "uvicorn.access", "mcp"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "uvicorn.access", "mcp", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -118,6 +118,7 @@ async def check_upstreams(settings: Settings, timeout: float) -> list[Check]:
         *(_one(check_mcp(server, min(timeout, server.timeout))) for server in settings.mcp.servers),
         check_slack(settings, timeout),
         _one(check_redis(settings, timeout)),
+        _one(check_store(settings, timeout)),
     ]
     results = await asyncio.gather(*jobs)
     return [check for group in results for check in group]
@@ -398,3 +399,27 @@ async def check_redis(settings: Settings, timeout: float) -> Check | None:
             with contextlib.suppress(Exception):
                 await client.aclose()
     return Check("redis", "ok", f"PING {where} answered; limits are shared through it")
+
+
+async def check_store(settings: Settings, timeout: float) -> Check:
+    """Reach the store (SQLite file or PostgreSQL) and say its schema version."""
+    from livia.store import Store, StoreError
+
+    try:
+        async with asyncio.timeout(timeout):
+            info = await Store.inspect(settings.store.url)
+    except (StoreError, TimeoutError) as exc:
+        return Check(
+            "store",
+            "fail",
+            str(exc) or f"no answer from the store within {timeout:.0f} s",
+            "start the database or fix [store] url (LIVIA_STORE__URL)",
+        )
+    if info.current is None:
+        what = "empty; its schema is created at start-up"
+    elif info.up_to_date:
+        what = f"schema {info.current}"
+    else:
+        what = f"schema {info.current}, upgraded to {info.head} at start-up (or livia db upgrade)"
+    replicas = f"; {info.live_processes} live Livia process(es)" if info.live_processes else ""
+    return Check("store", "ok", f"{info.display}: {what}{replicas}")

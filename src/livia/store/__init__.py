@@ -9,6 +9,7 @@ from livia.store.store import (
     Status,
     Store,
     StoredTurn,
+    StoreInfo,
 )
 from livia.store.urls import StoreError, StoreUrl, parse_store_url, sqlite_path
 
@@ -20,6 +21,7 @@ __all__ = [
     "Status",
     "Store",
     "StoreError",
+    "StoreInfo",
     "StoreUrl",
     "StoredTurn",
     "parse_store_url",

@@ -160,6 +160,23 @@ class ConversationInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """A store as `livia check` and `livia db` describe it."""
+
+    display: str
+    #: The schema version in the database (None: empty, never migrated).
+    current: str | None
+    #: The newest version this Livia knows.
+    head: str
+    #: Processes with a fresh heartbeat.
+    live_processes: int
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+@dataclass(frozen=True, slots=True)
 class Instance:
     """A live Livia process as the store sees it."""
 
@@ -275,6 +292,49 @@ class Store:
                 await conn.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot reach the store {store.display}: {_reason(exc)}") from None
+        finally:
+            await engine.dispose()
+
+    @classmethod
+    async def inspect(cls, url: str) -> StoreInfo:
+        """What is at `url`, without changing it: schema version and live processes."""
+        store = cls(url)
+        fresh = store.backend == "sqlite" and not store._memory
+        if fresh and not await asyncio.to_thread(Path(store.path).exists):
+            return StoreInfo(store.display, None, migrate.head_revision(), 0)
+        engine = store._create_engine()
+        try:
+            current = await migrate.current_revision(engine)
+            live = 0
+            if current is not None and current >= "0002":
+                async with engine.connect() as conn:
+                    live = int(
+                        (
+                            await conn.execute(
+                                text(
+                                    "SELECT COUNT(*) FROM instances"
+                                    f" WHERE heartbeat_at + lease > {store._now}"
+                                )
+                            )
+                        ).scalar_one()
+                    )
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot reach the store {store.display}: {_reason(exc)}") from None
+        finally:
+            await engine.dispose()
+        return StoreInfo(store.display, current, migrate.head_revision(), live)
+
+    @classmethod
+    async def upgrade(cls, url: str) -> tuple[str | None, str | None]:
+        """Migrate the schema at `url` to the newest version; (version before, after)."""
+        store = cls(url)
+        if store.backend == "sqlite" and not store._memory:
+            Path(store.path).parent.mkdir(parents=True, exist_ok=True)
+        engine = store._create_engine()
+        try:
+            return await migrate.upgrade(engine.execution_options(livia_write=True))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot upgrade the store {store.display}: {_reason(exc)}") from None
         finally:
             await engine.dispose()
 
@@ -809,10 +869,176 @@ class Store:
             ).first()
         return row is None
 
+    async def mark(self, key: str, *, ttl: float) -> None:
+        """Record `key` for `ttl` seconds (extending an existing mark)."""
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO marks (key, expires) VALUES (:key, :expires)"
+                    " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires"
+                ),
+                {"key": key, "expires": time.time() + ttl},
+            )
+
+    async def marked(self, key: str) -> bool:
+        """True while `key` is recorded and not expired."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT 1 FROM marks WHERE key = :key AND expires >= :now"),
+                    {"key": key, "now": time.time()},
+                )
+            ).first()
+        return row is not None
+
     async def ping(self) -> None:
         """One round trip to the database (`StoreError` when it is unreachable)."""
         async with self._read() as conn:
             await conn.execute(text("SELECT 1"))
+
+    # -- API keys and owners (issue 10, item 1) -------------------------------------------
+
+    async def add_api_key(self, key_id: str, user_id: str, key_hash: str) -> dict[str, Any]:
+        """Store a new key's hash for `user_id`; returns its row (see `api_key`)."""
+        row = {"key_id": key_id, "user_id": user_id, "key_hash": key_hash, "now": time.time()}
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (key_id, user_id, key_hash, created_at)"
+                    " VALUES (:key_id, :user_id, :key_hash, :now)"
+                ),
+                row,
+            )
+        found = await self.api_key(key_id)
+        assert found is not None
+        return found
+
+    async def api_key(self, key_id: str) -> dict[str, Any] | None:
+        """One key's row: key_id, user_id, key_hash, created_at, last_used_at, revoked_at."""
+        rows = await self._api_keys("WHERE key_id = :key_id", {"key_id": key_id})
+        return rows[0] if rows else None
+
+    async def api_keys(self, *, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Every key's row (only `user_id`'s when given), oldest first."""
+        where = "WHERE user_id = :user_id" if user_id is not None else ""
+        return await self._api_keys(f"{where} ORDER BY created_at, key_id", {"user_id": user_id})
+
+    async def _api_keys(self, tail: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        names = ("key_id", "user_id", "key_hash", "created_at", "last_used_at", "revoked_at")
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(text(f"SELECT {', '.join(names)} FROM api_keys {tail}"), params)
+            ).all()
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def any_api_keys(self) -> bool:
+        """True once any key was ever created (revoked ones count: the server stays closed)."""
+        async with self._read() as conn:
+            row = (await conn.execute(text("SELECT 1 FROM api_keys LIMIT 1"))).first()
+        return row is not None
+
+    async def revoke_api_key(self, key_id: str) -> dict[str, Any] | None:
+        """Revoke a key (at once, on every replica); its row, or None when there is none."""
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE api_keys SET revoked_at = :now"
+                    " WHERE key_id = :key_id AND revoked_at IS NULL"
+                ),
+                {"key_id": key_id, "now": time.time()},
+            )
+        return await self.api_key(key_id)
+
+    async def touch_api_key(self, key_id: str) -> None:
+        """Record that a key was just used."""
+        async with self._write() as conn:
+            await conn.execute(
+                text("UPDATE api_keys SET last_used_at = :now WHERE key_id = :key_id"),
+                {"key_id": key_id, "now": time.time()},
+            )
+
+    async def reserve_conversation(
+        self, conversation_id: str, user_id: str, channel: str, title: str
+    ) -> str:
+        """The user a conversation belongs to: `user_id` when it is new (its row is created
+        now, atomically, so two users cannot both start it), else the one who started it."""
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO conversations (conversation_id, user_id, channel, title,"
+                    " created_at, updated_at, messages)"
+                    " VALUES (:cid, :uid, :channel, :title, :now, :now, 0)"
+                    " ON CONFLICT (conversation_id) DO NOTHING"
+                ),
+                {
+                    "cid": conversation_id,
+                    "uid": user_id,
+                    "channel": channel,
+                    "title": " ".join(title.split())[:_TITLE_CHARS],
+                    "now": now,
+                },
+            )
+            owner = (
+                await conn.execute(
+                    text("SELECT user_id FROM conversations WHERE conversation_id = :cid"),
+                    {"cid": conversation_id},
+                )
+            ).scalar_one()
+        return str(owner)
+
+    async def delete_idle_conversation(
+        self, conversation_id: str
+    ) -> Literal["deleted", "busy", "missing"]:
+        """Delete a conversation unless a message of it still waits for its reply."""
+        lock = " FOR UPDATE" if self.backend == "postgresql" else ""
+        params = {"cid": conversation_id}
+        async with self._write() as conn:
+            found = (
+                await conn.execute(
+                    text(f"SELECT messages FROM conversations WHERE conversation_id = :cid{lock}"),
+                    params,
+                )
+            ).first()
+            if found is None:
+                return "missing"
+            pending = (
+                await conn.execute(
+                    text(
+                        "SELECT 1 FROM messages WHERE conversation_id = :cid"
+                        " AND status = 'pending' LIMIT 1"
+                    ),
+                    params,
+                )
+            ).first()
+            if pending is not None:
+                return "busy"
+            await conn.execute(text("DELETE FROM messages WHERE conversation_id = :cid"), params)
+            await conn.execute(
+                text("DELETE FROM conversations WHERE conversation_id = :cid"), params
+            )
+        return "deleted" if found[0] else "missing"
+
+    async def list_user_conversations(
+        self,
+        *,
+        user_id: str | None = None,
+        exclude_prefixes: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[ConversationInfo]:
+        """Conversations with at least one message, newest activity first: only `user_id`'s
+        when given, none whose id starts with one of `exclude_prefixes` (any case)."""
+        clauses = ["messages > 0"]
+        params: dict[str, Any] = {"limit": limit, "uid": user_id}
+        if user_id is not None:
+            clauses.append("user_id = :uid")
+        for i, prefix in enumerate(exclude_prefixes):
+            clauses.append(f"substr(lower(conversation_id), 1, {len(prefix)}) <> :p{i}")
+            params[f"p{i}"] = prefix.lower()
+        return await self._conversations(
+            f"WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC, conversation_id LIMIT :limit",
+            params,
+        )
 
 
 def _reason(exc: BaseException) -> str:

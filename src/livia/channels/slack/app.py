@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -50,6 +50,7 @@ from livia.conversations import (
     Reply,
     Ticket,
 )
+from livia.conversations.locks import KeyedLocks
 
 if TYPE_CHECKING:
     from livia.store import Store
@@ -173,31 +174,6 @@ def _bolt_logger() -> logging.Logger:
     return logger
 
 
-class _KeyedLocks:
-    """One lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str, timeout: float) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with asyncio.timeout(timeout):
-                await lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class SlackChannel:
     """Livia in Slack: answers mentions, DMs and follow-ups in threads she is part of.
 
@@ -245,7 +221,7 @@ class SlackChannel:
         self.delivery = SlackDelivery(self.api)
         self._identity: SlackIdentity | None = None
         self._identity_lock = asyncio.Lock()
-        self._in_order = _KeyedLocks()
+        self._in_order = KeyedLocks()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._socket: SocketModeHandler | None = None
         self._closed = False

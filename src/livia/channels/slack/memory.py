@@ -1,9 +1,9 @@
 """What the Slack channel remembers: threads Livia takes part in, and events already taken.
 
 `SlackMemory` is the small interface the channel needs. `InMemorySlackMemory` keeps it in
-the process (bounded); `StoreSlackMemory` keeps it across restarts in Livia's store: a
-thread is Livia's when its conversation has turns in the history, and first sightings
-are the store's atomic idempotency marks.
+the process (bounded); `StoreSlackMemory` keeps it in Livia's store, so it survives
+restarts and is shared by every replica: a thread is Livia's when it is marked so or its
+conversation has turns, and first sightings are the store's atomic idempotency marks.
 """
 
 from __future__ import annotations
@@ -92,22 +92,29 @@ class StoreSlackMemory:
     restart, and its history says which threads Livia answered in before.
     """
 
-    def __init__(self, store: Store, *, mark_ttl: float = 86_400.0) -> None:
+    def __init__(
+        self, store: Store, *, mark_ttl: float = 86_400.0, thread_ttl: float = 90 * 86_400.0
+    ) -> None:
         self._store = store
         self._mark_ttl = mark_ttl
+        self._thread_ttl = thread_ttl
         self._local = InMemorySlackMemory(mark_ttl=min(mark_ttl, 3600.0))
 
     async def remember_thread(self, conversation_id: str) -> None:
-        # The durable record is the turn the conversations layer stores for the message.
+        # Shared through the store: the next event of this thread may reach another replica
+        # before this one has stored a turn (an assistant thread has none yet).
         await self._local.remember_thread(conversation_id)
+        await self._store.mark(f"slack:thread:{conversation_id}", ttl=self._thread_ttl)
 
     async def knows_thread(self, conversation_id: str) -> bool:
         if await self._local.knows_thread(conversation_id):
             return True
-        if await self._store.turns(conversation_id, limit=1):
+        known = await self._store.marked(f"slack:thread:{conversation_id}") or bool(
+            await self._store.turns(conversation_id, limit=1)
+        )
+        if known:
             await self._local.remember_thread(conversation_id)
-            return True
-        return False
+        return known
 
     async def first_sighting(self, mark: str) -> bool:
         if not self._local.first_sighting_now(mark):
