@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from livia.conversations.types import IncomingMessage, Reply
-from livia.store import Store, StoreError, parse_store_url, sqlite_path
+from livia.store import Store, StoredTurn, StoreError, parse_store_url, sqlite_path
 
 
 def _msg(mid: str, cid: str = "c1", text: str = "hi") -> IncomingMessage:
@@ -122,8 +122,13 @@ async def test_concurrent_claims_take_each_message_once(store_url: str) -> None:
         stores = [Store(store_url) for _ in range(3)]
         for s in stores:
             await s.open()
+        batches: list[list[StoredTurn]] = []
         try:
-            batches = await asyncio.gather(*(s.claim_ready(7) for s in stores for _ in range(3)))
+            while True:  # racing rounds until nothing is left to claim
+                round_ = await asyncio.gather(*(s.claim_ready(7) for s in stores for _ in range(3)))
+                if not any(round_):
+                    break
+                batches.extend(round_)
         finally:
             for s in stores:
                 await s.close()
