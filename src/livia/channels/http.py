@@ -7,6 +7,7 @@ status; a stack trace never leaves the process (it is logged instead).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -224,9 +225,9 @@ def api_router() -> APIRouter:
             stream,
         )
         if stream:
-            queue: asyncio.Queue[TurnEvent] = asyncio.Queue(maxsize=1024)
+            queue = StreamBuffer()
             ticket = await livia.conversations.accept(msg, on_event=queue.put)
-            return EventSourceResponse(_events(ticket, queue), ping=_PING_SECONDS)
+            return event_stream(_events(ticket, queue))
         ticket = await livia.conversations.accept(msg)
         try:
             reply = await ticket.wait()
@@ -305,7 +306,7 @@ def api_router() -> APIRouter:
     async def readyz(request: Request) -> Response:
         livia: Livia | None = getattr(request.app.state, "livia", None)
         checks = {
-            "store": bool(livia and livia.store.is_open),
+            "store": bool(livia and livia.store.is_open and livia.conversations.store_ok),
             "conversations": bool(livia and livia.conversations.running),
         }
         if all(checks.values()):
@@ -338,26 +339,91 @@ def _event_json(event: TurnEvent) -> str:
     return json.dumps(data)
 
 
-async def _events(
-    ticket: Ticket, queue: asyncio.Queue[TurnEvent]
-) -> AsyncIterator[ServerSentEvent]:
-    """The turn's events as SSE, then ``done`` with the stored reply (or ``error``)."""
-    names = {"text": "delta", "tool_started": "tool_started", "tool_finished": "tool_finished"}
+#: Bytes of events a stream may hold for a client that reads slower than the turn
+#: produces them; past it the stream's deltas are dropped (the ``done`` event still
+#: carries the whole reply).
+STREAM_BUFFER_BYTES = 256 * 1024
+#: Seconds one write to an event stream may wait for the client to read; a client that
+#: does not drain within it is disconnected (its reply stays in the history).
+STREAM_SEND_TIMEOUT = 30.0
+
+
+class StreamBuffer:
+    """One event stream's pending events, bounded in bytes; `put` never blocks the turn.
+
+    Invariant: the events held take at most `limit` bytes (as sent). An event that would
+    pass the limit marks the buffer `overflowed`: what it holds is dropped, and `put`
+    raises so the turn stops sending events to this stream (the reply is still stored,
+    and sent in ``done``).
+    """
+
+    def __init__(self, limit: int = STREAM_BUFFER_BYTES) -> None:
+        self.limit = limit
+        self.size = 0
+        self.overflowed = False
+        self._items: collections.deque[tuple[str, str]] = collections.deque()
+        self._ready = asyncio.Event()
+
+    async def put(self, event: TurnEvent) -> None:
+        """Hold `event` for the stream (a `TurnDone` is not sent: ``done`` is the stored reply)."""
+        if isinstance(event, TurnDone) or self.overflowed:
+            return
+        data = _event_json(event)
+        if self.size + len(data) > self.limit:
+            self.overflowed = True
+            self._items.clear()
+            self.size = 0
+            self._ready.set()
+            raise BufferError(f"event stream over {self.limit} bytes unread")
+        self._items.append((_EVENT_NAMES[event.kind], data))
+        self.size += len(data)
+        self._ready.set()
+
+    def drain(self) -> list[tuple[str, str]]:
+        """The events held, oldest first (the buffer is then empty)."""
+        items = list(self._items)
+        self._items.clear()
+        self.size = 0
+        self._ready.clear()
+        return items
+
+    async def wait(self) -> None:
+        """Until an event is held (or the buffer overflowed)."""
+        await self._ready.wait()
+
+
+_EVENT_NAMES = {"text": "delta", "tool_started": "tool_started", "tool_finished": "tool_finished"}
+
+
+def event_stream(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+    """The response for a stream of events: keep-alive pings, and a client that does not
+    read within `STREAM_SEND_TIMEOUT` is disconnected rather than buffered for."""
+    return EventSourceResponse(events, ping=_PING_SECONDS, send_timeout=STREAM_SEND_TIMEOUT)
+
+
+async def _events(ticket: Ticket, queue: StreamBuffer) -> AsyncIterator[ServerSentEvent]:
+    """The turn's events as SSE, then ``done`` with the stored reply (or ``error``).
+
+    Every stream ends with one of them, shutdown included: a turn that cannot finish
+    before Livia stops gets an ``error`` saying the message is kept and where to read
+    its reply later.
+    """
     reply_task = asyncio.ensure_future(ticket.wait())
     try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, reply_task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                break
-            event = getter.result()
-            if not isinstance(event, TurnDone):  # `done` comes from the stored reply
-                yield ServerSentEvent(_event_json(event), event=names[event.kind])
-        while not queue.empty():
-            event = queue.get_nowait()
-            if not isinstance(event, TurnDone):
-                yield ServerSentEvent(_event_json(event), event=names[event.kind])
+        while not reply_task.done():
+            getter = asyncio.ensure_future(queue.wait())
+            await asyncio.wait({getter, reply_task}, return_when=asyncio.FIRST_COMPLETED)
+            getter.cancel()
+            for name, data in queue.drain():
+                yield ServerSentEvent(data, event=name)
+        for name, data in queue.drain():
+            yield ServerSentEvent(data, event=name)
+        if queue.overflowed:
+            log.warning(
+                "event stream fell behind: deltas dropped conversation_id=%s message_id=%s",
+                ticket.message.conversation_id,
+                ticket.message.message_id,
+            )
         try:
             reply = reply_task.result()
         except (TimeoutError, ConversationError) as exc:
@@ -366,7 +432,13 @@ async def _events(
                 if isinstance(exc, ConversationError)
                 else _still_working(ticket.message)
             )
-            payload = {"type": err.type, "message": err.message}
+            message = err.message
+            if isinstance(exc, NotRunning):
+                message += (
+                    "; fetch the reply later with "
+                    f"GET /v1/conversations/{ticket.message.conversation_id}"
+                )
+            payload = {"type": err.type, "message": message}
             yield ServerSentEvent(json.dumps(payload), event="error")
             return
         yield ServerSentEvent(json.dumps(_reply_json(reply)), event="done")
@@ -383,6 +455,8 @@ def _conversation_error(exc: ConversationError) -> ApiError:
         retry = str(max(1, round(exc.retry_after)))
         return ApiError(503, "busy", str(exc), {"Retry-After": retry})
     if isinstance(exc, NotRunning):
+        if isinstance(exc.__cause__, StoreError):  # the reply could not be stored
+            return ApiError(503, "storage_unavailable", str(exc), {"Retry-After": "5"})
         return ApiError(503, "not_running", str(exc), {"Retry-After": "5"})
     if isinstance(exc, UnknownConversation):
         return ApiError(404, "unknown_conversation", str(exc))
@@ -415,7 +489,10 @@ def install_error_handling(app: FastAPI) -> None:
     async def on_store_error(request: Request, exc: Exception) -> Response:
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
-            503, "storage_unavailable", "the message store is unavailable; please retry shortly"
+            503,
+            "storage_unavailable",
+            "the message store is unavailable; please retry shortly",
+            {"Retry-After": "5"},
         )
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

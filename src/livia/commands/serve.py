@@ -7,11 +7,15 @@ import asyncio
 import errno
 import logging
 import re
+import resource
 import socket
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from livia.config import load_settings
 
@@ -20,18 +24,159 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("livia.serve")
 
+#: Seconds a client has to send a request's headers (from connecting, or from the end of
+#: the previous response): slowloris and silent connections are closed after this.
+HEADER_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE = 5.0
+#: Most open connections; over it a new one is closed at once (before any fd limit bites).
+MAX_CONNECTIONS = 4096
+#: File descriptors kept free for everything else (the store, Redis, upstream clients, logs).
+FD_RESERVE = 256
+#: Most requests in progress at once; beyond it uvicorn answers 503.
+LIMIT_CONCURRENCY = 2048
+#: The listen backlog (connections the kernel queues before they are accepted).
+BACKLOG = 2048
+#: Seconds open requests get after the drain to send their last event before streams close.
+STREAM_FLUSH = 2.0
+#: Seconds between two log lines about the same accept error (EMFILE…): the rest are counted.
+ACCEPT_ERROR_LOG_EVERY = 10.0
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a header-read timeout and a connection cap.
+
+    - A connection must deliver a request's complete headers within `HEADER_TIMEOUT`
+      of connecting (or of its previous response ending): slowloris and silent
+      connections are closed, never held for ever.
+    - Over `max_connections` open connections, a new one is closed at once, so file
+      descriptors stay available for the connections already served.
+    """
+
+    max_connections = MAX_CONNECTIONS
+    header_timeout = HEADER_TIMEOUT
+    refused = 0
+    timed_out = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        if len(self.connections) >= self.max_connections:
+            type(self).refused += 1
+            self.transport = transport
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        waiting_for_headers = self.cycle is None or self.cycle.response_complete
+        if waiting_for_headers and not self.transport.is_closing():
+            type(self).timed_out += 1
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._cancel_header_timer()  # a request is in: its headers are complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        if self.flow is None:  # refused in connection_made: nothing else was set up
+            self.connections.discard(self)
+            return
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self.flow is None:
+            return
+        try:
+            super().shutdown()
+        except h11.LocalProtocolError:  # already closing
+            self.transport.close()
+
+
+class _AcceptErrorLog:
+    """A loop exception handler that logs one accept error (EMFILE…) per interval, with
+    the count since the last line, instead of one line per failed accept."""
+
+    def __init__(self, every: float = ACCEPT_ERROR_LOG_EVERY) -> None:
+        self.every = every
+        self.suppressed = 0
+        self._last = -1e9
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if "accept" not in message:
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        exc = context.get("exception")
+        log.error("cannot accept connections: %s%s; retrying", exc or message, more)
+        self._last = now
+        self.suppressed = 0
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
 
 class _Server(uvicorn.Server):
-    """uvicorn that drains Livia's conversations before waiting for open connections."""
+    """uvicorn that drains Livia's conversations before waiting for open connections.
+
+    Event streams are not closed on the exit signal (sse-starlette's default): the drain
+    lets turns finish for its grace, each open stream ends with its ``done`` event, or
+    an ``error`` event saying the message is kept; then the streams still open are closed.
+    """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(_AcceptErrorLog())
+        await super().startup(sockets=sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        from sse_starlette.sse import AppStatus
+
         from livia.app import drain
 
         await drain(self._app)
+        # Every waiter has its reply or its error now: give the streams a moment to send
+        # their last event, then close those still open.
+        deadline = time.monotonic() + STREAM_FLUSH
+        while self.server_state.tasks and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        AppStatus.should_exit = True
         await super().shutdown(sockets=sockets)
 
 
@@ -81,7 +226,7 @@ def bind(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -95,6 +240,30 @@ def bind(host: str, port: int) -> socket.socket:
 
 class ServeError(RuntimeError):
     """`livia serve` cannot start; the message says why in one line."""
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for Livia: bounded connections, header and keep-alive timeouts,
+    and event streams that outlive the exit signal until the drain has ended them."""
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()  # `_Server.shutdown` ends the streams
+    fds = _raise_fd_limit()
+    _GuardedH11.max_connections = max(16, min(MAX_CONNECTIONS, fds - FD_RESERVE))
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep the CLI's logging (one format, secrets redacted)
+        access_log=False,
+        lifespan="on",
+        loop="asyncio",
+        http=_GuardedH11,
+        timeout_keep_alive=int(KEEP_ALIVE),
+        limit_concurrency=LIMIT_CONCURRENCY,
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,15 +297,7 @@ def run(args: argparse.Namespace) -> int:
         settings.server.resolved_instance_id(),
     )
     app = build_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,  # keep the CLI's logging (one format, secrets redacted)
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    config = uvicorn_config(app, host, port)
     server = _Server(config, app)
     logging.getLogger("uvicorn.error").addFilter(_OneLineStartupErrors())
     try:

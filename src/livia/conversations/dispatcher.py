@@ -153,6 +153,11 @@ class Conversations:
         #: Monotonic time until which this process's lease certainly holds.
         self._lease_until = 0.0
         self._fenced = False
+        #: False while the store refuses writes (disk full, database down): not ready.
+        self._store_ok = True
+        #: Messages whose reply could not be stored: their claims are given back (and the
+        #: messages answered again) once the store takes writes.
+        self._unstored: set[int] = set()
         self._counts = dict.fromkeys(
             (
                 "accepted",
@@ -183,6 +188,11 @@ class Conversations:
     def running(self) -> bool:
         """True between `start()` and `aclose()`."""
         return self._running
+
+    @property
+    def store_ok(self) -> bool:
+        """False while the store's last write failed (messages cannot be kept: not ready)."""
+        return self._store_ok
 
     @property
     def instance_id(self) -> str:
@@ -276,7 +286,7 @@ class Conversations:
             # In call order per conversation: concurrent accepts of one conversation reach
             # the store (and so get their place in it) in the order they were made.
             async with self._intake.hold(msg.conversation_id, timeout=self._reply_timeout):
-                turn, created, first = await self._store.accept(msg, claim=claim)
+                turn, created, first = await self._store_write(self._store.accept(msg, claim=claim))
         finally:
             self._reserved -= 1
         if not created:
@@ -417,12 +427,17 @@ class Conversations:
         # The reply needs no delivery (HTTP reads it back) or a waiter here takes it.
         delivered = not delivers or (local and job.waiters > 0)
         done = await self._store_reply(reply, delivered=delivered)
-        if done is None:  # cannot store it now: not delivered, answered again later
+        if isinstance(done, Exception):  # cannot store it now: not delivered, answered later
             self._jobs.pop(turn.key, None)
+            self._unstored.add(turn.seq)
+            self._wake_scan.set()
             if not job.future.done():
-                job.future.set_exception(
-                    NotRunning("the reply could not be stored; the message is kept")
+                error = NotRunning(
+                    "the message store is unavailable, so the reply could not be kept; "
+                    "the message is kept and answered once the store recovers"
                 )
+                error.__cause__ = done
+                job.future.set_exception(error)
                 job.future.exception()
             return None
         if not done.stored:
@@ -460,14 +475,29 @@ class Conversations:
             return None
         return self._take(done.next)
 
+    async def _store_write(self, write: Any) -> Any:
+        """Await one store write, noting whether the store takes writes (readiness)."""
+        from livia.store import StoreError
+
+        try:
+            result = await write
+        except StoreError:
+            self._store_ok = False
+            raise
+        self._store_ok = True
+        return result
+
     async def _store_reply(self, reply: Reply, *, delivered: bool) -> Any:
-        """`store.complete` with retries while the lease lasts; None when it never worked."""
+        """`store.complete` with retries while the lease lasts; the last `StoreError` when
+        it never worked."""
         from livia.store import StoreError
 
         delay = 0.05
         while True:
             try:
-                return await self._store.complete(reply, delivered=delivered, claim_next=True)
+                return await self._store_write(
+                    self._store.complete(reply, delivered=delivered, claim_next=True)
+                )
             except StoreError as exc:
                 if not self._running or time.monotonic() + delay > self._lease_until:
                     log.error(
@@ -476,7 +506,7 @@ class Conversations:
                         reply.message_id,
                         exc,
                     )
-                    return None
+                    return exc
                 log.warning("retrying to store a reply in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -535,8 +565,11 @@ class Conversations:
                 raise
             except Exception as exc:
                 log.warning("store heartbeat failed: %s", exc)
+                self._store_ok = False
             else:
                 self._lease_until = sent + lease * 0.8
+                if not self._unstored:  # else the next scan's release tells
+                    self._store_ok = True
                 if self._fenced:
                     await self._unfence()
             if time.monotonic() > self._lease_until and not self._fenced:
@@ -586,6 +619,11 @@ class Conversations:
         """Claim what no live process holds, up to the free slots; deliver orphaned replies."""
         if not self._running or self._fenced:
             return
+        if self._unstored:  # replies that could not be stored: let their messages be retaken
+            seqs = list(self._unstored)
+            released = await self._store_write(self._store.release(seqs))
+            self._unstored.difference_update(seqs)
+            log.info("store writable again: %d unstored message(s) to answer again", released)
         if reap:
             await self._store.reap_local_dead()
         await self._claim(self.max_active - self._active - len(self._ready))
@@ -675,6 +713,7 @@ class Conversations:
             "max_active": self.max_active,
             "max_queued": self.max_queued,
             "lease_ok": not self._fenced,
+            "store_ok": self._store_ok,
             **self._counts,
             "conversations": self._conversations,
             "average_turn_seconds": self._turn_seconds / finished if finished else 0.0,
