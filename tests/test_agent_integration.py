@@ -128,6 +128,7 @@ async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> No
                 "zapier.create_task",
                 "zapier.search_files",
                 "zapier.schedule_event",
+                "zapier.list_events",
                 "zapier.send_email",
             ]
             events = await turn(agent, "Please create a task to call the dentist")
@@ -330,11 +331,19 @@ async def test_spent_hourly_quota_is_reported_with_a_time_and_chat_keeps_working
 
     done = assert_well_formed(events)
     finished = next(e for e in events if isinstance(e, ToolFinished))
-    assert not finished.ok and "out of quota until" in finished.summary
     expected = datetime.now(UTC) + timedelta(hours=1)
     clocks = {f"{(expected + timedelta(minutes=d)).astimezone(UTC):%H:%M} UTC" for d in (-1, 0, 1)}
-    assert "zapier.create_task tool is out of quota until" in done.text
+    # the card and the reply say it in plain words; the model's instructions stay unseen
+    assert not finished.ok
+    assert any(
+        finished.summary == f"Zapier tools are out of quota until {clock} (in {wait} min)"
+        for clock in clocks
+        for wait in (59, 60)
+    ), finished.summary
+    assert "Zapier tools are out of quota until" in done.text
     assert any(clock in done.text for clock in clocks), done.text
+    for leaked in ("ERROR", "Tell the user", "offer to help", "zapier__"):
+        assert leaked not in done.text and leaked not in finished.summary
     assert done.error is None  # the turn itself worked; the tool did not
     assert tools.stats.tool_calls == 0  # nothing reached the MCP server
     assert elapsed < 5  # failed fast instead of waiting for the hour

@@ -14,6 +14,7 @@ from livia.agent.failures import (
     format_clock,
     format_wait,
     tool_out_of_capacity,
+    tool_unavailable_notice,
 )
 from livia.agent.toolbox import function_name, render_result
 from livia.concurrency import CapacityExhausted, CircuitOpen
@@ -77,12 +78,21 @@ def test_waits_and_clock_times_read_naturally() -> None:
 
 
 def test_a_tool_out_of_quota_says_until_when() -> None:
-    exc = CapacityExhausted("zapier", "requests_per_hour limit reached", 1800)
-    text = tool_out_of_capacity("zapier.create_task", exc)
-    assert text.startswith("ERROR: the zapier.create_task tool is out of quota until ")
-    assert format_clock(exc.available_at) in text
-    paused = tool_out_of_capacity("zapier.create_task", CircuitOpen("zapier", "failing", 30))
-    assert "paused after repeated failures" in paused
+    exc = CapacityExhausted("zapier", "75 requests per hour used", 1800)
+    notice = tool_unavailable_notice("zapier", exc)
+    assert (
+        notice
+        == f"Zapier tools are out of quota until {format_clock(exc.available_at)} (in 30 min)"
+    )
+    text = tool_out_of_capacity("zapier.create_task", "zapier", exc)
+    # the facts first (what the user reads), then what the model is to do with them
+    assert text.startswith(f"ERROR: {notice}; zapier.create_task was not run. Tell the user")
+    paused = CircuitOpen("zapier", "failing", 30)
+    assert "paused after repeated failures" in tool_unavailable_notice("zapier", paused)
+    limited = CapacityExhausted(
+        "openai", "paused after the upstream answered 429 (rate limited)", 5
+    )
+    assert "rate-limited until" in tool_unavailable_notice("openai", limited)
 
 
 def test_model_failures_become_short_honest_apologies() -> None:

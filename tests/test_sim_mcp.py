@@ -25,6 +25,7 @@ TOOL_ARGS: dict[str, dict[str, Any]] = {
         "duration_minutes": 45,
         "attendees": ["ana@example.com"],
     },
+    "list_events": {"start_date": "2025-03-14", "days": 1},
     "send_email": {"to": "bob@example.com", "subject": "Hello", "body": "See you soon."},
 }
 EXPECTED_TEXT = {
@@ -33,6 +34,8 @@ EXPECTED_TEXT = {
     "schedule_event": (
         'Event scheduled in Google Calendar: "Team sync" on Fri 14 Mar 2025, 15:00-15:45'
     ),
+    "list_events": "2 events in Google Calendar from Fri 14 Mar to Fri 14 Mar 2025: "
+    "Fri 14 Mar 09:30-09:45 UTC: Team stand-up (Google Meet); ",
     "send_email": 'Email sent with Gmail to bob@example.com: subject "Hello"',
 }
 
@@ -56,6 +59,7 @@ async def test_start_returns_the_mcp_endpoint_and_lists_the_tools() -> None:
         "create_task": ["title"],
         "search_files": ["query"],
         "schedule_event": ["title", "start"],
+        "list_events": None,
         "send_email": ["to", "subject", "body"],
     }
     for tool in tools.values():
@@ -71,6 +75,18 @@ async def test_each_tool_answers_realistically(tool: str) -> None:
     assert EXPECTED_TEXT[tool] in text_of(result)
     assert isinstance(result.structured_content, dict) and result.structured_content
     assert sim.stats.ok == 1 and sim.stats.by_tool == {tool: 1}
+
+
+async def test_list_events_shows_what_schedule_event_added() -> None:
+    async with SimMcp() as sim, Client(sim.url) as client:
+        await client.call_tool("schedule_event", TOOL_ARGS["schedule_event"])
+        listed = await client.call_tool("list_events", {"start_date": "2025-03-14", "days": 1})
+        only = await client.call_tool("list_events", {"start_date": "2025-03-14", "query": "sync"})
+        sim.reset()
+        after_reset = await client.call_tool("list_events", {"start_date": "2025-03-14"})
+    assert "Fri 14 Mar 14:00-14:45 UTC: Team sync" in text_of(listed)  # 15:00+01:00
+    assert text_of(only).startswith("1 event in Google Calendar") and "Team sync" in text_of(only)
+    assert "Team sync" not in text_of(after_reset)
 
 
 async def test_invalid_arguments_are_an_error_result() -> None:
@@ -141,7 +157,7 @@ async def test_restart_after_stop() -> None:
     second = await sim.start()
     try:
         async with Client(second) as client:
-            assert len((await client.list_tools()).tools) == 4
+            assert len((await client.list_tools()).tools) == len(TOOL_ARGS)
     finally:
         await sim.stop()
     assert first.endswith("/mcp") and second.endswith("/mcp")

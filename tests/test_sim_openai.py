@@ -36,7 +36,7 @@ from livia.sim import (
     parse_duration,
     parse_latency,
 )
-from livia.sim.replies import compose_reply, stream_pieces
+from livia.sim.replies import compose_reply, for_the_user, stream_pieces
 
 MODEL = "gpt-4o-mini"
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
@@ -112,7 +112,18 @@ GET_TIME = {
         },
     },
 }
-ALL_TOOLS = [CREATE_TASK, SEND_EMAIL, SCHEDULE_EVENT, SEARCH_FILES, GET_TIME]
+LIST_EVENTS = {
+    "type": "function",
+    "function": {
+        "name": "list_events",
+        "description": "Find events in Google Calendar: what is on the calendar.",
+        "parameters": {
+            "type": "object",
+            "properties": {"start_date": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    },
+}
+ALL_TOOLS = [CREATE_TASK, SEND_EMAIL, SCHEDULE_EVENT, LIST_EVENTS, SEARCH_FILES, GET_TIME]
 
 
 @contextlib.asynccontextmanager
@@ -314,6 +325,9 @@ async def test_no_tool_unless_asked_and_tool_choice() -> None:
         ("Remind me to call the dentist", "create_task", {"title": "Call the dentist"}),
         ("Email bob@example.com the Q3 numbers", "send_email", {"to": "bob@example.com"}),
         ("Schedule a meeting with Anna tomorrow", "schedule_event", {}),
+        ("what's on my calendar", "list_events", {}),
+        ("Do I have any meetings this week?", "list_events", {}),
+        ("Add a meeting with Anna to my calendar", "schedule_event", {}),
         ("Search my files for the Q3 budget", "search_files", {"query": "Q3 budget"}),
         ("What time is it in Europe/Paris?", "get_current_time", {"timezone": "Europe/Paris"}),
     ],
@@ -326,6 +340,37 @@ def test_the_tool_that_fits_the_request(text: str, tool: str, expected: dict[str
     if tool == "schedule_event":
         assert "Anna" in args["title"]
         assert args["start"][:4].isdigit() and "T" in args["start"]
+
+
+def test_tool_errors_are_reported_without_the_instructions_meant_for_the_model() -> None:
+    messages: list[dict[str, Any]] = [
+        *user("Create a task to call Bob"),
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "zapier__create_task", "arguments": "{}"},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "c1",
+            "content": "ERROR: Zapier tools are out of quota until 01:57 UTC (in 51 min); "
+            "zapier.create_task was not run. Tell the user it is unavailable until 01:57 UTC "
+            "and offer to help another way.",
+        },
+    ]
+    text = compose_reply(messages, ALL_TOOLS).text or ""
+    assert "Zapier tools are out of quota until 01:57 UTC (in 51 min)" in text
+    assert "zapier.create_task" in text
+    for leaked in ("ERROR", "Tell the user", "offer to help another way", "zapier__"):
+        assert leaked not in text, text
+    assert (
+        for_the_user("ERROR: x failed (Boom); you may retry. Tell the user.") == "X failed (Boom)."
+    )
 
 
 def test_stream_pieces_rebuild_the_text() -> None:

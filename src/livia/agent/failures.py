@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import openai
 
-from livia.concurrency import CapacityExhausted, CircuitOpen
+from livia.concurrency import CapacityExhausted, CircuitOpen, CoordinationUnavailable
 
 
 class StreamInterrupted(Exception):
@@ -134,6 +134,13 @@ def model_failure(exc: BaseException) -> ModelFailure:
             "model_unavailable",
             exc.retry_after,
         )
+    if isinstance(exc, CoordinationUnavailable):  # Redis away: not the model's limit
+        return ModelFailure(
+            "Sorry — I cannot reach the service that coordinates my usage limits (Redis), "
+            "so I may not call the model right now; please try again in a minute.",
+            "coordination_unavailable",
+            exc.retry_after,
+        )
     if isinstance(exc, CapacityExhausted):
         when = format_clock(available_at(exc))
         in_about = format_wait(exc.retry_after)
@@ -206,15 +213,28 @@ def model_failure(exc: BaseException) -> ModelFailure:
     )
 
 
-def tool_out_of_capacity(tool: str, exc: CapacityExhausted) -> str:
-    """The tool result the model sees when the tool's upstream has no capacity."""
+def tool_unavailable_notice(api: str, exc: CapacityExhausted) -> str:
+    """What the user reads when a tool's upstream has no capacity: one plain sentence,
+    "Zapier tools are out of quota until 01:57 UTC (in 51 min)"."""
     when = format_clock(available_at(exc))
     wait = format_wait(exc.retry_after)
+    tools = f"{api[:1].upper()}{api[1:]} tools"
     if isinstance(exc, CircuitOpen):
-        why = f"the {tool} tool is paused after repeated failures until {when} (in ~{wait})"
-    else:
-        why = f"the {tool} tool is out of quota until {when} (in ~{wait})"
+        return f"{tools} are paused after repeated failures until {when} (in {wait})"
+    if "429" in exc.reason or "rate limited" in exc.reason:
+        return f"{tools} are rate-limited until {when} (in {wait})"
+    if "slots busy" in exc.reason:
+        return f"{tools} are all busy; one is expected free at {when} (in {wait})"
+    if "failing" in exc.reason:
+        return f"{tools} are failing; the next try is possible at {when} (in {wait})"
+    return f"{tools} are out of quota until {when} (in {wait})"
+
+
+def tool_out_of_capacity(tool: str, api: str, exc: CapacityExhausted) -> str:
+    """The tool result the model sees when the tool's upstream has no capacity: the facts
+    first (the user's sentence), then what the model should do with them."""
+    when = format_clock(available_at(exc))
     return (
-        f"ERROR: {why}. It was not run. Tell the user it is unavailable until {when} "
-        "and offer to help another way."
+        f"ERROR: {tool_unavailable_notice(api, exc)}; {tool} was not run. "
+        f"Tell the user it is unavailable until {when} and offer to help another way."
     )

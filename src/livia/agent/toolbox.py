@@ -19,7 +19,12 @@ from typing import Any
 import mcp_types
 
 from livia.agent.connection import ServerConnection, ServerDown
-from livia.agent.failures import describe, format_wait, tool_out_of_capacity
+from livia.agent.failures import (
+    describe,
+    format_wait,
+    tool_out_of_capacity,
+    tool_unavailable_notice,
+)
 from livia.concurrency import CapacityExhausted, ConcurrencyManager
 from livia.config import McpConfig
 
@@ -63,7 +68,11 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
-    """What a tool call produced: `text` goes to the model, `summary` to the user's events."""
+    """What a tool call produced: `text` goes to the model, `summary` to the user's events.
+
+    On failure `text` may also tell the model what to do ("Tell the user ..."); `summary`
+    never does: it is a plain sentence for the user.
+    """
 
     tool: str
     ok: bool
@@ -176,7 +185,11 @@ class Toolbox:
             server = self.servers.get(shown.partition(".")[0])
             if server is not None and server.state != "connected":
                 return self._server_down(shown, server, key)
-            return _failed(shown, f"ERROR: there is no tool named {shown}; it was not run.")
+            return _failed(
+                shown,
+                f"ERROR: there is no tool named {shown}; it was not run.",
+                f"There is no tool named {shown}.",
+            )
         server = self.servers[spec.server]
         tool = spec.display
         started = False
@@ -203,15 +216,18 @@ class Toolbox:
                 name=tool,
             )
         except CapacityExhausted as exc:
-            log.warning("turn %s: tool %s unavailable: %s", key, tool, exc)
-            return _failed(tool, tool_out_of_capacity(tool, exc))
+            log.warning("tool %s unavailable key=%s: %s", tool, key, exc)
+            api = server.config.api
+            return _failed(
+                tool, tool_out_of_capacity(tool, api, exc), tool_unavailable_notice(api, exc)
+            )
         except _NotRetried as wrapped:
             return self._failure(tool, server, wrapped.cause, key)
         text = render_result(result)
         if result.is_error:
-            log.info("turn %s: tool %s reported an error", key, tool)
+            log.info("tool %s reported an error key=%s", tool, key)
             return ToolOutcome(tool, False, f"ERROR: {tool} reported: {text}", _summary(text))
-        log.info("turn %s: tool %s ok", key, tool)
+        log.info("tool %s ok key=%s", tool, key)
         return ToolOutcome(tool, True, text, _summary(text))
 
     def _failure(
@@ -221,28 +237,31 @@ class Toolbox:
         if isinstance(exc, ServerDown):
             return self._server_down(tool, server, key)
         if isinstance(exc, TimeoutError):
-            log.warning("turn %s: tool %s timed out after %.0f s", key, tool, server.config.timeout)
-            return _failed(
-                tool,
-                f"ERROR: the {tool} tool did not answer within {server.config.timeout:.0f} s and "
-                "was abandoned; it may or may not have run. Tell the user it timed out.",
+            log.warning("tool %s timed out after %.0f s key=%s", tool, server.config.timeout, key)
+            fact = (
+                f"{tool} did not answer within {server.config.timeout:.0f} s and was "
+                "abandoned; it may or may not have run"
             )
+            return _failed(tool, f"ERROR: {fact}. Tell the user it timed out.", fact + ".")
         reason = describe(exc)
-        log.warning("turn %s: tool %s failed: %s", key, tool, reason)
+        log.warning("tool %s failed key=%s: %s", tool, key, reason)
+        fact = f"{tool} failed ({reason}); you can try again later"
         return _failed(
-            tool,
-            f"ERROR: the {tool} tool failed ({reason}). Tell the user it did not work; "
-            "they can try again later.",
+            tool, f"ERROR: {fact}. Tell the user it did not work.", fact.split(";")[0] + "."
         )
 
     def _server_down(self, tool: str, server: ServerConnection, key: str) -> ToolOutcome:
-        log.warning("turn %s: tool %s unavailable: server %s is down", key, tool, server.name)
+        log.warning("tool %s unavailable key=%s: server %s is down", tool, key, server.name)
         every = format_wait(server.reconnect_interval)
+        fact = (
+            f"{tool} is unavailable: its server ({server.name}) is not connected; Livia "
+            f"reconnects every {every}"
+        )
         return _failed(
             tool,
-            f"ERROR: the {tool} tool is unavailable: its server ({server.name}) is not "
-            f"connected ({server.last_error or 'connecting'}). Livia reconnects every {every}; "
-            "tell the user to try again in a little while.",
+            f"ERROR: {fact} ({server.last_error or 'connecting'}). Tell the user to try again "
+            "in a little while.",
+            fact + ".",
         )
 
 
@@ -270,8 +289,9 @@ def render_result(result: mcp_types.CallToolResult) -> str:
     return text or "(no output)"
 
 
-def _failed(tool: str, text: str) -> ToolOutcome:
-    return ToolOutcome(tool, False, text, _summary(text.removeprefix("ERROR: ")))
+def _failed(tool: str, text: str, notice: str) -> ToolOutcome:
+    """A failed call: `text` for the model, `notice` (a plain sentence) for the user."""
+    return ToolOutcome(tool, False, text, _summary(notice))
 
 
 def _summary(text: str, limit: int = 160) -> str:

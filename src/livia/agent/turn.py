@@ -184,7 +184,7 @@ class Agent:
                     tool,
                     False,
                     f"ERROR: the arguments for {tool} were not a JSON object; it was not run.",
-                    "invalid arguments",
+                    f"{tool} was not run: the model gave it arguments that were not valid.",
                 )
             else:
                 outcomes[index] = await self.toolbox.call(call.name, arguments, key=key)

@@ -111,6 +111,8 @@ class SimMcp(SimServer):
         quota = self.config.quota_per_hour
         self._quota = SlidingWindow(quota, 3600.0) if quota else None
         self._runner: UvicornRunner | None = None
+        #: Events `schedule_event` created, which `list_events` shows.
+        self.scheduled: list[dict[str, Any]] = []
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class SimMcp(SimServer):
         self.stats.reset()
         if self._quota is not None:
             self._quota.clear()
+        self.scheduled.clear()
         self._rng.seed(self.config.seed)
 
     def snapshot(self, *, timeline: bool = True) -> dict[str, Any]:
@@ -182,9 +185,13 @@ class SimMcp(SimServer):
         async def tool(**arguments: Any) -> CallToolResult:
             return await self._call(name, fn, arguments)
 
-        # MCPServer reads the argument schema from the signature; keep `fn`'s.
+        # MCPServer reads the argument schema from the signature; keep `fn`'s, less the
+        # server's own state (parameters named `_...`).
         signature = inspect.signature(fn, eval_str=True)
-        tool.__signature__ = signature.replace(return_annotation=CallToolResult)  # type: ignore[attr-defined]
+        public = [p for p in signature.parameters.values() if not p.name.startswith("_")]
+        tool.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=public, return_annotation=CallToolResult
+        )
         tool.__name__ = name
         tool.__doc__ = fn.__doc__
         return tool
@@ -207,6 +214,8 @@ class SimMcp(SimServer):
         outcome = "cancelled"
         try:
             await asyncio.sleep(self._latency.sample(self._rng))
+            if "_scheduled" in inspect.signature(fn).parameters:
+                arguments = {**arguments, "_scheduled": list(self.scheduled)}
             try:
                 text, data = fn(**arguments)
             except ValueError as exc:
@@ -215,6 +224,8 @@ class SimMcp(SimServer):
                 return _error(f"Error: {exc}")
             outcome = "ok"
             stats.ok += 1
+            if name == "schedule_event":
+                self.scheduled.append(data)
             return CallToolResult(
                 content=[TextContent(type="text", text=text)], structured_content=data
             )

@@ -4,23 +4,30 @@ Given an OpenAI chat request (messages, tools, tool_choice) it decides what a he
 assistant would answer, deterministically from the text so that each user's message gets
 its own reply:
 
-- plain text: a short quote of the user's last message, then a few sentences about its
-  topic (several sentences, so streaming visibly streams);
 - a tool call, when an offered tool fits what the last user message asks for (words such
-  as "task", "email", "schedule", "file", "time" in both the request and the tool's name
-  or description), with arguments built from the tool's JSON schema;
-- after tool results, a reply that reports the results' content.
+  as "task", "email", "calendar", "file", "time" in both the request and the tool's name
+  or description; a question such as "what's on my calendar" prefers a tool that reads,
+  "schedule a meeting" one that writes), with arguments built from the tool's JSON schema;
+- after tool results, a reply that reports the results' content, or for a failed tool
+  what failed, in words for the user (instructions meant for the model are left out);
+- the questions people ask first, answered properly: what it can do (the offered tools),
+  the time in a city or zone (from the clock; no tool is claimed), a draft when asked for
+  one;
+- otherwise plain text: a short quote of the user's last message, then a few sentences
+  about its topic (several sentences, so streaming visibly streams).
 
 Token counts are estimated at about four characters per token, as OpenAI's rule of thumb.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import uuid
 import zlib
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,7 +116,8 @@ def compose_reply(
     if results:
         return Reply(_report_results(user_text, results))
     functions = [t["function"] for t in tools or () if _is_function_tool(t)]
-    tool = _pick_tool(user_text, functions, tool_choice)
+    drafting = _DRAFT.match(user_text) is not None
+    tool = None if drafting else _pick_tool(user_text, functions, tool_choice)
     if tool is not None:
         args = arguments_for(tool.get("parameters") or {}, user_text)
         call = ToolCall(
@@ -118,6 +126,12 @@ def compose_reply(
             arguments=json.dumps(args, separators=(",", ":"), ensure_ascii=False),
         )
         return Reply(None, (call,))
+    if _CAPABILITIES.search(user_text):
+        return Reply(capabilities_text(functions))
+    if _TIME_QUESTION.search(user_text):
+        return Reply(time_text(user_text))
+    if drafting:
+        return Reply(draft_text(user_text))
     return Reply(chat_text(user_text))
 
 
@@ -253,23 +267,243 @@ def _trailing_tool_results(messages: Sequence[Mapping[str, Any]]) -> list[tuple[
 
 
 _FAILURE = re.compile(r"\b(error|failed|failure|exceeded|quota|too many|unavailable)\b", re.I)
+#: A sentence (or a clause after ";") addressed to the model rather than to the user.
+_INSTRUCTION = re.compile(
+    r"^(?:tell|ask|offer|let|inform|remind|explain to|apologi[sz]e|do not|don't|never|then"
+    r"|please tell|you should|you may|suggest)\b",
+    re.I,
+)
+
+
+def for_the_user(text: str) -> str:
+    """A tool result's text as the user may read it: without the `ERROR:` tag and without
+    the sentences that tell the model what to do ("Tell the user ...")."""
+    text = " ".join(text.split()).removeprefix("ERROR:").strip()
+    kept = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        clauses = [c for c in re.split(r";\s+", sentence) if not _INSTRUCTION.match(c.strip())]
+        if clauses:
+            kept.append("; ".join(clauses).rstrip(";, "))
+    out = " ".join(kept).strip()
+    if out and out[-1] not in ".!?":
+        out += "."
+    first = out.split(" ", 1)[0]
+    return out if "." in first.rstrip(".:") or "_" in first else _capitalize(out)
+
+
+def _tool_label(name: str) -> str:
+    """How people see a tool: `zapier.create_task` for the function `zapier__create_task`."""
+    server, sep, tool = name.partition("__")
+    return f"{server}.{tool}" if sep and server and tool else name
 
 
 def _report_results(user_text: str, results: Sequence[tuple[str, str]]) -> str:
     quote = _quote(user_text)
     asked = f' for "{quote}"' if quote else ""
     parts = []
+    failed = False
     for name, text in results:
-        excerpt = _quote(text, 400) or "(no output)"
-        if _FAILURE.search(text):
-            parts.append(f"I tried {name}{asked}, but it reported a problem: {excerpt}")
+        label = _tool_label(name)
+        if text.lstrip().startswith("ERROR") or _FAILURE.search(text):
+            failed = True
+            parts.append(
+                f"Sorry, I couldn't do that with {label}: {_quote(for_the_user(text), 400)}"
+            )
         else:
-            parts.append(f"Done: I used {name}{asked}. It returned: {excerpt}")
-    if any(_FAILURE.search(text) for _, text in results):
-        parts.append("You may want to try again a little later.")
+            excerpt = _quote(text, 400) or "(no output)"
+            parts.append(f"Done: I used {label}{asked}. It returned: {excerpt}")
+    if failed:
+        parts.append("Is there anything else I can help with in the meantime?")
     else:
         parts.append("Anything else I can do?")
     return " ".join(parts)
+
+
+# --- questions with proper answers -----------------------------------------------------
+
+_CAPABILITIES = re.compile(
+    r"\b(?:what (?:can|could) you (?:do|help)|what do you do|what are you (?:able|good)"
+    r"|how (?:can|could) you help|what can i (?:ask|do here)|what tools|which tools"
+    r"|who are you|what are you\b|what is livia|help me get started)|^\s*/?help\W*$",
+    re.I,
+)
+
+
+def capabilities_text(functions: Sequence[Mapping[str, Any]]) -> str:
+    """What the demo can do: the tools offered in this request, each in a line, honestly."""
+    lines = [
+        "I'm Livia, here running on the built-in demo model: my chat answers are simulated, "
+        "but the tools below are real calls (to simulated services)."
+    ]
+    if functions:
+        lines.append("")
+        lines.append("With my tools I can:")
+        for fn in functions:
+            label, what = _describe_tool(fn)
+            lines.append(f"- {what} ({label})")
+        lines.append("")
+        lines.append(
+            'Try "Create a task to call Bob tomorrow", "What\'s on my calendar?" or '
+            '"Search my files for the Q3 budget".'
+        )
+    else:
+        lines.append("No tools are connected right now, so I can only chat.")
+    lines.append("Set OPENAI_API_KEY to talk to a real model.")
+    return "\n".join(lines)
+
+
+def _describe_tool(fn: Mapping[str, Any]) -> tuple[str, str]:
+    """(label, first sentence of the description) of a function tool."""
+    label = _tool_label(str(fn.get("name", "")))
+    description = " ".join(str(fn.get("description") or "").split())
+    if (bracketed := re.match(r"^\[([^\]]+)\]\s*", description)) is not None:
+        label, description = bracketed.group(1), description[bracketed.end() :]
+    first = re.split(r"(?<=\.)\s", description, maxsplit=1)[0].rstrip(".")
+    return label, (first or label.replace("_", " "))
+
+
+_TIME_QUESTION = re.compile(
+    r"\b(?:what(?:'s|\u2019s| is)? (?:the )?(?:current |local )?time|time is it"
+    r"|current time|time (?:now )?in\b|what(?:'s|\u2019s| is) (?:the )?date|what day is)",
+    re.I,
+)
+#: Places people name that are not the last part of an IANA zone name.
+_PLACES = {
+    "san francisco": "America/Los_Angeles",
+    "seattle": "America/Los_Angeles",
+    "silicon valley": "America/Los_Angeles",
+    "boston": "America/New_York",
+    "washington": "America/New_York",
+    "miami": "America/New_York",
+    "atlanta": "America/New_York",
+    "dallas": "America/Chicago",
+    "houston": "America/Chicago",
+    "beijing": "Asia/Shanghai",
+    "mumbai": "Asia/Kolkata",
+    "delhi": "Asia/Kolkata",
+    "new delhi": "Asia/Kolkata",
+    "bangalore": "Asia/Kolkata",
+    "bengaluru": "Asia/Kolkata",
+    "munich": "Europe/Berlin",
+    "frankfurt": "Europe/Berlin",
+    "milan": "Europe/Rome",
+    "barcelona": "Europe/Madrid",
+    "geneva": "Europe/Zurich",
+    "kyiv": "Europe/Kyiv",
+    "osaka": "Asia/Tokyo",
+    "japan": "Asia/Tokyo",
+    "india": "Asia/Kolkata",
+    "china": "Asia/Shanghai",
+    "france": "Europe/Paris",
+    "germany": "Europe/Berlin",
+    "uk": "Europe/London",
+    "england": "Europe/London",
+}
+
+
+def _zone_names() -> dict[str, str]:
+    """City (lower case, spaces) -> IANA zone, from the zones this machine knows."""
+    try:
+        zones = zoneinfo.available_timezones()
+    except Exception:  # no tz database: UTC only
+        zones = set()
+    names: dict[str, str] = {}
+    for zone in sorted(zones):
+        if "/" in zone and not zone.startswith(("Etc/", "SystemV/", "US/")):
+            names.setdefault(zone.rsplit("/", 1)[1].replace("_", " ").lower(), zone)
+    return names
+
+
+_ZONES = functools.cache(_zone_names)
+
+
+def zone_in(text: str) -> str | None:
+    """The time zone a request names: an IANA name, UTC, or a city or country."""
+    if (explicit := _ZONE.search(text)) is not None:
+        return explicit.group(0)
+    words = [w.lower() for w in _words(text)]
+    for size in (3, 2, 1):
+        for i in range(len(words) - size + 1):
+            place = " ".join(words[i : i + size])
+            if place in _PLACES:
+                return _PLACES[place]
+            if place not in _STOP and (zone := _ZONES().get(place)) is not None:
+                return zone
+    return None
+
+
+def time_text(user_text: str, *, now: datetime | None = None) -> str:
+    """The time (and date) now, in the zone the request names, else UTC; from the clock."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    zone = zone_in(user_text)
+    utc_line = f"{now:%H:%M} UTC"
+    if zone is None or zone == "UTC":
+        return f"It's {now:%H:%M} UTC on {now:%A} {now.day} {now:%B %Y}."
+    try:
+        local = now.astimezone(zoneinfo.ZoneInfo(zone))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return (
+            f"I don't know the time zone {zone}, so here is UTC: it's {utc_line} on "
+            f"{now:%A} {now.day} {now:%B %Y}."
+        )
+    place = zone.rsplit("/", 1)[-1].replace("_", " ")
+    offset = local.strftime("%z")
+    offset = f"UTC{offset[:3]}:{offset[3:]}" if offset else "UTC"
+    day = f"{local:%A} {local.day} {local:%B}"
+    return f"It's {local:%H:%M} on {day} in {place} ({zone}, {offset}); that is {utc_line}."
+
+
+_DRAFT = re.compile(
+    r"^\s*(?:(?:please|hey|hi|ok|okay|livia)\b[,!\s]*)*(?:(?:can|could|would) you\s+)?"
+    r"(?:please\s+)?draft\b",
+    re.I,
+)
+
+
+def draft_text(user_text: str, *, now: datetime | None = None) -> str:
+    """A short draft of what was asked for (a status update, an email, a note), to fill in."""
+    today = (now or datetime.now(UTC)).astimezone(UTC)
+    asked = re.sub(r"^.*?\bdraft\b\s*", "", user_text, count=1, flags=re.I)
+    what = _subject(asked)
+    lowered = asked.lower()
+    if "status" in lowered or "update" in lowered or "report" in lowered:
+        audience = "the team" if "team" in lowered else "everyone"
+        return "\n".join(
+            (
+                f"Here's a draft status update for {audience} to fill in:",
+                "",
+                f"**Status update, {today.day} {today:%B %Y}**",
+                "- **Done:** what shipped or was decided since the last update",
+                "- **In progress:** what is being worked on, and by whom",
+                "- **Next:** what comes after, with dates where you have them",
+                "- **Blockers / help needed:** none right now",
+                "",
+                "Tell me what you worked on and I'll fill it in.",
+            )
+        )
+    if "email" in lowered or "mail" in lowered or "message" in lowered:
+        topic = _topic(what)
+        return "\n".join(
+            (
+                "Here's a draft to adapt:",
+                "",
+                f"Subject: {_capitalize(topic)}",
+                "",
+                "Hi,",
+                "",
+                f"A quick note about {topic}: here is where things stand, and what I need "
+                "from you.",
+                "",
+                "Thanks,",
+                "",
+                "Say who it goes to and I can send it for you.",
+            )
+        )
+    return (
+        f'Here\'s a first draft of "{what or "that"}": start with the one thing the reader '
+        "must know, then the details, then what you need from them. Give me the key points "
+        "and I'll write it out in full."
+    )
 
 
 # --- choosing a tool -------------------------------------------------------------------
@@ -278,7 +512,9 @@ def _report_results(user_text: str, results: Sequence[tuple[str, str]]) -> str:
 _INTENTS: dict[str, frozenset[str]] = {
     "task": _vocab("task tasks todo to-do todos remind reminder reminders"),
     "email": _vocab("email emails e-mail mail gmail inbox"),
-    "event": _vocab("schedule event events calendar meeting meetings appointment invite"),
+    "event": _vocab(
+        "schedule event events calendar meeting meetings appointment appointments invite agenda"
+    ),
     "file": _vocab("file files search document documents doc docs drive folder"),
     "time": _vocab("time clock timezone"),
 }
@@ -319,7 +555,27 @@ def tool_score(user_text: str, tool: Mapping[str, Any]) -> int:
             elif described & words:
                 score += 1
     score += 2 * len((asked & name) - _GENERIC - _STOP)
-    return score
+    if score:
+        reads, writes = bool(asked & _READS), bool(asked & _WRITES)
+        if reads and not writes:  # a question: prefer a tool that looks things up
+            score += 2 if name & _READ_VERBS else -3 if name & _WRITE_VERBS else 0
+        elif writes and not reads:  # a request to act: prefer a tool that does it
+            score += 2 if name & _WRITE_VERBS else -1 if name & _READ_VERBS else 0
+    return max(score, 0)
+
+
+#: Request words that ask to look something up, and ones that ask to change something.
+_READS = _vocab(
+    "what what's whats which when show list see check any upcoming agenda find look search "
+    "view read get have do does is are"
+)
+_WRITES = _vocab(
+    "create add make schedule book set send put arrange plan invite remind email e-mail "
+    "write new cancel move delete update"
+)
+#: Tool-name words that read and ones that write.
+_READ_VERBS = _vocab("list find get search lookup look read show fetch query browse")
+_WRITE_VERBS = _vocab("create add schedule send set make new update delete post book put")
 
 
 def _pick_tool(

@@ -1,5 +1,5 @@
 """Zapier-like tools for the simulated MCP server: create a task, search files, schedule
-an event, send an email.
+an event, list the calendar's events, send an email.
 
 Each tool is a plain function: its annotated signature is the tool's argument schema
 (what an MCP client lists), its docstring the description, and it returns the result
@@ -10,8 +10,9 @@ arguments raise `ValueError` with a message a model can act on.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -185,6 +186,86 @@ def schedule_event(
     }
 
 
+#: The demo calendar's recurring events: (weekdays, hour, minute, minutes, title, where).
+_ROUTINE: tuple[tuple[frozenset[int], int, int, int, str, str], ...] = (
+    (frozenset({0, 1, 2, 3, 4}), 9, 30, 15, "Team stand-up", "Google Meet"),
+    (frozenset({0}), 11, 0, 60, "Weekly planning", "Room Atlas"),
+    (frozenset({1, 3}), 14, 0, 30, "1:1 with Anna", ""),
+    (frozenset({2}), 16, 0, 45, "Product review", "Room Borealis"),
+    (frozenset({4}), 12, 30, 60, "Team lunch", "Cafe Lumen"),
+)
+
+
+def list_events(
+    start_date: Annotated[
+        str | None,
+        Field(description="First day to list, as YYYY-MM-DD; leave out for today (UTC)."),
+    ] = None,
+    days: Annotated[int, Field(description="How many days to list.", ge=1, le=31)] = 7,
+    query: Annotated[str, Field(description="Only events whose title contains this.")] = "",
+    *,
+    _scheduled: Sequence[Mapping[str, Any]] = (),
+) -> ToolOutput:
+    """Find events in Google Calendar: what is on the calendar over the next days. Use it
+    when the user asks what is on their calendar, their agenda or upcoming meetings."""
+    if start_date:
+        try:
+            first = datetime.strptime(start_date.strip()[:10], "%Y-%m-%d").date()
+        except ValueError:
+            raise ValueError(
+                f"start_date {start_date!r} is not a date: use YYYY-MM-DD, e.g. 2025-03-14"
+            ) from None
+    else:
+        first = datetime.now(UTC).date()
+    last = first + timedelta(days=days)
+    events: list[dict[str, Any]] = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        for weekdays, hour, minute, minutes, title, where in _ROUTINE:
+            if day.weekday() in weekdays:
+                begins = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                events.append(
+                    {
+                        "id": f"{_number('routine', title, day.isoformat(), digits=12):012d}",
+                        "title": title,
+                        "start": begins.isoformat(),
+                        "end": (begins + timedelta(minutes=minutes)).isoformat(),
+                        "location": where,
+                    }
+                )
+    for event in _scheduled:  # what schedule_event added on this server, in UTC
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            begins = datetime.fromisoformat(str(event["start"])).astimezone(UTC)
+            ends = datetime.fromisoformat(str(event["end"])).astimezone(UTC)
+            if first <= begins.date() < last:
+                events.append(
+                    {
+                        "id": str(event["id"]),
+                        "title": str(event["title"]),
+                        "start": begins.isoformat(),
+                        "end": ends.isoformat(),
+                        "location": str(event.get("location") or ""),
+                    }
+                )
+    wanted = query.strip().lower()
+    events = sorted(
+        (e for e in events if wanted in str(e["title"]).lower()), key=lambda e: str(e["start"])
+    )
+    span = f"{first:%a %d %b} to {last - timedelta(days=1):%a %d %b %Y}"
+    if not events:
+        what = f' matching "{query.strip()}"' if wanted else ""
+        return f"No events{what} in Google Calendar from {span}.", {"events": []}
+    lines = []
+    for e in events:
+        begins, ends = datetime.fromisoformat(e["start"]), datetime.fromisoformat(e["end"])
+        where = f" ({e['location']})" if e["location"] else ""
+        lines.append(f"{begins:%a %d %b %H:%M}-{ends:%H:%M} {begins:%Z}: {e['title']}{where}")
+    count = f"{len(events)} event{'s' if len(events) != 1 else ''}"
+    return f"{count} in Google Calendar from {span}: " + "; ".join(lines) + ".", {
+        "events": events
+    }
+
+
 def send_email(
     to: Annotated[str, Field(description="Recipient email address(es), comma-separated.")],
     subject: Annotated[str, Field(description="Subject line.", min_length=1)],
@@ -219,5 +300,6 @@ def send_email(
 
 #: The tools the simulated Zapier server offers, by name.
 TOOLS: dict[str, Callable[..., ToolOutput]] = {
-    fn.__name__: fn for fn in (create_task, search_files, schedule_event, send_email)
+    fn.__name__: fn
+    for fn in (create_task, search_files, schedule_event, list_events, send_email)
 }
