@@ -16,13 +16,16 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 import websockets
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tests.conftest import fake_livia_app
 
@@ -112,6 +115,7 @@ class Page:
         self.session = session
         self._call = calls
         self.errors: list[str] = []  # uncaught JS exceptions
+        self.new_tab: Callable[[], Awaitable[Page]] | None = None  # set by open_page
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(method, params, session=self.session)
@@ -215,25 +219,31 @@ async def open_page(ws_url: str, width: int = 1280, height: int = 860) -> AsyncI
         reader = asyncio.create_task(read())
         try:
             context = (await call("Target.createBrowserContext", {}))["browserContextId"]
-            target = (
-                await call(
-                    "Target.createTarget", {"url": "about:blank", "browserContextId": context}
+
+            async def new_tab() -> Page:
+                """Another tab in the same browser context (it shares localStorage)."""
+                target = (
+                    await call(
+                        "Target.createTarget", {"url": "about:blank", "browserContextId": context}
+                    )
+                )["targetId"]
+                attached = await call(
+                    "Target.attachToTarget", {"targetId": target, "flatten": True}
                 )
-            )["targetId"]
-            session = (await call("Target.attachToTarget", {"targetId": target, "flatten": True}))[
-                "sessionId"
-            ]
-            page = pages[session] = Page(ws, session, call)
-            await page.call("Runtime.enable")
-            await page.call("Page.enable")
-            await page.call(
-                "Emulation.setDeviceMetricsOverride",
-                width=width,
-                height=height,
-                deviceScaleFactor=1,
-                mobile=False,
-            )
-            yield page
+                page = pages[attached["sessionId"]] = Page(ws, attached["sessionId"], call)
+                page.new_tab = new_tab
+                await page.call("Runtime.enable")
+                await page.call("Page.enable")
+                await page.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=width,
+                    height=height,
+                    deviceScaleFactor=1,
+                    mobile=False,
+                )
+                return page
+
+            yield await new_tab()
             await call("Target.disposeBrowserContext", {"browserContextId": context})
         finally:
             reader.cancel()
@@ -265,6 +275,253 @@ async def canvas_ink(page: Page, selector: str) -> list[int]:
               return n; }})"""
     )
     return ink
+
+
+# --- a fake Livia with the conversations API -----------------------------------------------
+
+MARKDOWN_REPLY = """## Plan for *Friday*
+
+| task | owner |
+|---|---|
+| Review Q3 | **Ann** |
+
+```python
+print("hi")
+```
+
+<script>window.xss = 1</script><img src=x onerror="window.xss = 2"> [a link](https://example.com)"""
+
+
+def conversations_app(*, api_token: str = "", latency: float = 0.05) -> Any:
+    """The web page's routes plus a small in-memory Livia speaking the HTTP contract.
+
+    `POST /v1/chat` runs each message once, as a background turn (it goes on when the
+    stream is cut, like the real server); a repeated message_id waits for that turn and
+    streams its stored reply. `GET/DELETE /v1/conversations[/{id}]` follow DESIGN.md.
+    The text picks the behaviour: "interrupt" ends the stream with an `error` event
+    (not_running) and "drop" cuts it, the reply being stored a moment later; "slow" sends
+    a `status` event and waits; "task" runs a tool; "fail" is a model failure; "markdown"
+    answers in Markdown; "!413" and "!503" are refused.
+    """
+    from livia.channels.web import web_router
+
+    app = FastAPI()
+    app.include_router(web_router())
+    app.state.chat_bodies = []  # every POST /v1/chat body, in order
+    app.state.runs = []  # message ids the "model" ran for
+    app.state.deleted = []
+    turns: dict[str, list[dict[str, Any]]] = {}
+    app.state.turns = turns
+
+    def denied(request: Request) -> Response | None:
+        if api_token and request.headers.get("authorization") != f"Bearer {api_token}":
+            error = {"type": "unauthorized", "message": "missing or wrong API token"}
+            return JSONResponse({"error": error}, status_code=401)
+        return None
+
+    def now() -> str:
+        return datetime.now(UTC).isoformat()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "demo": True}
+
+    async def run(turn: dict[str, Any]) -> None:
+        text, events = turn["text"], turn["events"]
+        app.state.runs.append(turn["message_id"])
+        reply, error = f"You said: **{text}**", None
+        await asyncio.sleep(latency)
+        if "slow" in text:
+            await events.put(("status", {"message": "Waiting for the model: retry 2 of 5 in 4 s"}))
+            await asyncio.sleep(2.5)
+        if "task" in text:
+            call = {"call_id": "t1", "tool": "zapier.create_task"}
+            await events.put(
+                ("tool_started", {**call, "arguments": {"title": "Call Bob", "due": "Friday"}})
+            )
+            await asyncio.sleep(latency)
+            await events.put(("tool_finished", {**call, "ok": True, "summary": "Task created"}))
+            reply = "Done: I used zapier__create_task for you."
+        if "fail" in text:
+            reply, error = (
+                "Sorry — I couldn't reach the model service; please try again shortly.",
+                "model_unreachable",
+            )
+        if "markdown" in text:
+            reply = MARKDOWN_REPLY
+        for word in reply.split(" ")[:3]:
+            await events.put(("delta", {"text": word + " "}))
+            await asyncio.sleep(latency)
+        if "interrupt" in text:
+            await events.put(
+                (
+                    "error",
+                    {
+                        "type": "not_running",
+                        "message": "Livia is stopping; the message is kept and answered"
+                        " after the restart",
+                    },
+                )
+            )
+        if "drop" in text:
+            await events.put(("drop", {}))
+        if "interrupt" in text or "drop" in text:
+            await asyncio.sleep(2.0)  # finished "during the shutdown"
+        else:
+            for word in reply.split(" ")[3:]:
+                await events.put(("delta", {"text": word + " "}))
+        turn.update(reply=reply, error=error, done=True)
+        turn["finished"].set()
+        await events.put(
+            (
+                "done",
+                {
+                    "conversation_id": turn["conversation_id"],
+                    "message_id": turn["message_id"],
+                    "reply": reply,
+                    "error": error,
+                    "duplicate": False,
+                },
+            )
+        )
+
+    @app.post("/v1/chat")
+    async def chat(request: Request) -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
+        body = await request.json()
+        app.state.chat_bodies.append(body)
+        text, conv = str(body["text"]), str(body["conversation_id"])
+        if text.startswith("!413"):
+            error = {"type": "text_too_large", "message": "text is 70000 bytes; the limit is 65536"}
+            return JSONResponse({"error": error}, status_code=413)
+        if text.startswith("!503"):
+            error = {
+                "type": "busy",
+                "message": "Livia is busy (1 messages waiting); please retry in 7 s",
+            }
+            return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "7"})
+        history = turns.setdefault(conv, [])
+        turn = next((t for t in history if t["message_id"] == body["message_id"]), None)
+        if turn is None:
+            turn = {
+                "conversation_id": conv,
+                "message_id": body["message_id"],
+                "user_id": body["user_id"],
+                "text": text,
+                "created_at": now(),
+                "done": False,
+                "finished": asyncio.Event(),
+                "events": asyncio.Queue(),
+            }
+            history.append(turn)
+            turn["task"] = asyncio.create_task(run(turn))
+            events: asyncio.Queue[Any] = turn["events"]
+        else:  # a repeat: the stored (or in-progress) reply, no second run
+            events = asyncio.Queue()
+
+            async def later() -> None:
+                await turn["finished"].wait()
+                await events.put(
+                    (
+                        "done",
+                        {
+                            "conversation_id": conv,
+                            "message_id": turn["message_id"],
+                            "reply": turn["reply"],
+                            "error": turn["error"],
+                            "duplicate": True,
+                        },
+                    )
+                )
+
+            turn.setdefault("repeats", []).append(asyncio.create_task(later()))
+
+        async def stream() -> AsyncIterator[str]:
+            while True:
+                name, data = await events.get()
+                if name == "drop":
+                    return
+                yield f"event: {name}\ndata: {json.dumps(data)}\n\n"
+                if name in ("done", "error"):
+                    return
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    def listed(conv: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for t in turns.get(conv, []):
+            base = {"message_id": t["message_id"], "created_at": t["created_at"]}
+            out.append({**base, "role": "user", "content": t["text"], "user_id": t["user_id"]})
+            if t["done"]:
+                out.append(
+                    {**base, "role": "assistant", "content": t["reply"], "error": t["error"]}
+                )
+        return out
+
+    @app.get("/v1/conversations")
+    async def conversations(request: Request, user_id: str = "") -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
+        rows = [
+            {
+                "conversation_id": c,
+                "title": ts[0]["text"][:40],
+                "updated_at": ts[-1]["created_at"],
+                "messages": len(listed(c)),
+            }
+            for c, ts in turns.items()
+            if ts and (not user_id or ts[0]["user_id"] == user_id)
+        ]
+        rows.sort(key=lambda r: r["updated_at"], reverse=True)
+        return JSONResponse({"conversations": rows})
+
+    @app.get("/v1/conversations/{conversation_id}")
+    async def conversation(conversation_id: str, request: Request) -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
+        if not turns.get(conversation_id):
+            error = {
+                "type": "unknown_conversation",
+                "message": f"no conversation {conversation_id}",
+            }
+            return JSONResponse({"error": error}, status_code=404)
+        pending = sum(not t["done"] for t in turns[conversation_id])
+        return JSONResponse(
+            {
+                "conversation_id": conversation_id,
+                "messages": listed(conversation_id),
+                "pending": pending,
+            }
+        )
+
+    @app.delete("/v1/conversations/{conversation_id}")
+    async def delete(conversation_id: str, request: Request) -> Response:
+        if (refused := denied(request)) is not None:
+            return refused
+        if not turns.pop(conversation_id, None):
+            error = {
+                "type": "unknown_conversation",
+                "message": f"no conversation {conversation_id}",
+            }
+            return JSONResponse({"error": error}, status_code=404)
+        app.state.deleted.append(conversation_id)
+        return Response(status_code=204)
+
+    return app
+
+
+async def send(page: Page, text: str) -> None:
+    """Types `text` into the message box and presses Send."""
+    await page.click("#input")
+    await page.type(text)
+    await page.click("#send")
+
+
+DONE = (
+    'document.querySelectorAll(\'.msg.assistant[data-state="done"],'
+    ' .msg.assistant[data-state="error"]\').length'
+)
 
 
 # --- tests -----------------------------------------------------------------------------
@@ -336,29 +593,333 @@ async def test_chat_page_streams_replies_in_tabs(
 async def test_chat_page_resumes_a_reply_cut_by_a_reload(
     chromium: str, live_server: Callable[[Any], str]
 ) -> None:
-    """A reload mid-reply asks again with the same message_id (answered once server-side)."""
-    app = fake_livia_app(latency=1.0)
+    """A reload mid-reply looks for the stored reply on the server: never a second POST."""
+    app = conversations_app(latency=0.4)
     url = live_server(app)
     async with open_page(chromium) as page:
         await page.goto(url + "/")
-        await page.click("#input")
-        await page.type("Hello before the reload")
-        await page.click("#send")
+        await send(page, "Hello before the reload")
         await page.wait_for(
             "document.querySelector('.msg.assistant[data-state=\"streaming\"]')", "streaming"
         )
         await page.call("Page.reload")
-        await page.wait_for(
-            "document.querySelector('.msg.assistant[data-state=\"done\"]')",
-            "the resumed reply",
-        )
+        await page.wait_for(f"{DONE} === 1", "the stored reply after the reload")
         assert "Hello before the reload" in await page.js(
             "document.querySelector('.msg.assistant .content').innerText"
         )
-        first, second = app.state.chat_bodies
-        assert first["message_id"] == second["message_id"]
-        assert first["conversation_id"] == second["conversation_id"]
+        assert len(app.state.chat_bodies) == 1 and len(app.state.runs) == 1
         assert page.errors == []
+
+
+async def test_two_tabs_keep_each_others_conversations(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11, bug 1: the list and the messages come from the server; the cache is a cache."""
+    app = conversations_app()
+    url = live_server(app)
+    async with open_page(chromium) as tab_a:
+        assert tab_a.new_tab is not None
+        tab_b = await tab_a.new_tab()
+        await tab_a.goto(url + "/")
+        await tab_b.goto(url + "/")  # both open before either sends: the old bug
+        await tab_a.call("Page.bringToFront")  # a hidden tab draws nothing (no frames)
+        await send(tab_a, "Hello from tab A")
+        await tab_a.wait_for(f"{DONE} === 1", "tab A's reply")
+        await tab_b.call("Page.bringToFront")
+        await tab_b.click("#new-tab")  # tab B still shows the empty chat it loaded with
+        await send(tab_b, "Hello from tab B")
+        await tab_b.wait_for(f"{DONE} === 1", "tab B's reply")
+
+        await tab_a.call("Page.bringToFront")
+        await tab_a.call("Page.reload")
+        await tab_a.wait_for("window.liviaChat && window.liviaChat.listed", "the server's list")
+        titles = await tab_a.js(
+            "[...document.querySelectorAll('.tab .title')].map(t => t.textContent)"
+        )
+        assert {"Hello from tab A", "Hello from tab B"} <= set(titles), titles
+        await tab_a.click(".tab[title^='Hello from tab A'] .title")
+        await tab_a.wait_for(
+            "document.getElementById('thread').innerText.includes('You said: Hello from tab A')",
+            "tab A's conversation with its reply",
+        )
+
+        # With no cache at all, everything comes back from the server.
+        await tab_a.js("localStorage.removeItem('livia.conversations')")
+        await tab_a.call("Page.reload")
+        await tab_a.wait_for("document.querySelectorAll('.tab').length >= 2", "the tabs again")
+        await tab_a.click(".tab[title^='Hello from tab B'] .title")
+        await tab_a.wait_for(
+            "document.getElementById('thread').innerText.includes('You said: Hello from tab B')",
+            "tab B's conversation loaded from the server",
+        )
+        text = await tab_a.js("document.getElementById('thread').innerText")
+        assert "Hello from tab B" in text and "Hello from tab A" not in text
+        keep_screenshot(await tab_a.screenshot(), tmp_path / "two-tabs.png")
+
+        # Deleting (× twice) removes it on the server; the other tab drops it on reload.
+        conv_b = await tab_a.js(
+            "document.querySelector('.tab[aria-selected=\"true\"]').dataset.conversation"
+        )
+        await tab_a.click(".tab[aria-selected='true'] .close")
+        await tab_a.wait_for("document.querySelector('.tab.confirm')", "the delete confirmation")
+        await tab_a.click(".tab[aria-selected='true'] .close")
+        for _ in range(100):  # the DELETE reaches the server
+            if conv_b in app.state.deleted:
+                break
+            await asyncio.sleep(0.05)
+        assert app.state.deleted == [conv_b]
+        await tab_b.call("Page.bringToFront")
+        await tab_b.call("Page.reload")
+        await tab_b.wait_for("window.liviaChat && window.liviaChat.listed", "tab B's list")
+        ids = await tab_b.js(
+            "[...document.querySelectorAll('.tab')].map(t => t.dataset.conversation)"
+        )
+        assert conv_b not in ids
+        assert tab_a.errors == [] and tab_b.errors == []
+
+
+async def test_reply_finished_during_shutdown_reaches_the_page(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11, bug 2: an `error` event or a cut stream: the page polls for the stored reply."""
+    app = conversations_app()
+    url = live_server(app)
+    async with open_page(chromium) as page:
+        await page.goto(url + "/")
+        await send(page, "Please interrupt this one")
+        await page.wait_for(
+            "document.querySelector('.msg.assistant[data-state=\"waiting\"] .status')",
+            "the page to wait for the stored reply",
+        )
+        status = await page.js("document.querySelector('.msg.assistant .status').textContent")
+        assert "restarting" in status and "kept" in status, status
+        keep_screenshot(await page.screenshot(), tmp_path / "waiting.png")
+        await page.wait_for(f"{DONE} === 1", "the stored reply", 15)
+        assert "You said: Please interrupt this one" in await page.js(
+            "document.querySelector('.msg.assistant .content').innerText"
+        )
+        assert not await page.js("document.querySelector('.msg.assistant .error').textContent")
+
+        # A stream cut without a word (the connection dropped): the same.
+        await send(page, "and drop this one")
+        await page.wait_for(f"{DONE} === 2", "the second stored reply", 15)
+        assert await page.js("window.liviaChat.polls") >= 2
+        # Never re-sent: one POST and one run per message.
+        assert [b["text"] for b in app.state.chat_bodies] == [
+            "Please interrupt this one",
+            "and drop this one",
+        ]
+        assert len(app.state.runs) == 2
+
+        # A reload shows both (from the server even without the cache).
+        await page.js("localStorage.removeItem('livia.conversations')")
+        await page.call("Page.reload")
+        await page.wait_for(f"{DONE} === 2", "both replies after a reload")
+        assert "You said: and drop this one" in await page.js(
+            "document.getElementById('thread').innerText"
+        )
+        assert len(app.state.chat_bodies) == 2
+        assert page.errors == []
+
+
+async def test_stop_retry_queue_and_status(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11: Stop, Retry with the same message_id, a queued message, the status line."""
+    app = conversations_app()
+    url = live_server(app)
+    async with open_page(chromium) as page:
+        await page.goto(url + "/")
+        await send(page, "a slow question")
+        await page.wait_for(
+            "document.querySelector('.msg.assistant .status:not([hidden])')", "the status line"
+        )
+        assert "retry 2 of 5" in await page.js(
+            "document.querySelector('.msg.assistant .status').textContent"
+        )
+        assert await page.js("!document.getElementById('stop').hidden")
+        # Typed while the reply streams: queued, shown as queued, sent after.
+        await send(page, "a queued question")
+        await page.wait_for(
+            "document.querySelector('.msg.user[data-state=\"queued\"] .meta')", "the queued mark"
+        )
+        assert "queued" in await page.js(
+            "document.querySelector('.msg.user[data-state=\"queued\"] .meta').textContent"
+        )
+        assert len(app.state.chat_bodies) == 1
+        keep_screenshot(await page.screenshot(), tmp_path / "status-queued.png")
+
+        await page.click("#stop")
+        await page.wait_for(
+            "document.querySelector('.msg.assistant[data-state=\"stopped\"]')", "stopped"
+        )
+        assert await page.js(
+            "!document.querySelector('.msg.assistant[data-state=\"stopped\"] .retry').hidden"
+        )
+        # The queued message goes out once the first one is stopped.
+        await page.wait_for(f"{DONE} === 1", "the queued message's reply", 15)
+        assert app.state.chat_bodies[1]["text"] == "a queued question"
+
+        await page.click(".msg.assistant[data-state='stopped'] .retry")
+        await page.wait_for(f"{DONE} === 2", "the retried reply", 15)
+        first, _, retried = app.state.chat_bodies
+        assert retried["message_id"] == first["message_id"]  # answered once
+        assert app.state.runs.count(first["message_id"]) == 1
+        text = await page.js("document.getElementById('thread').innerText")
+        assert text.index("You said: a slow question") < text.index("a queued question")
+        assert page.errors == []
+
+
+async def test_composer_keeps_the_message_and_says_why(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11: after 413, 503 and 401 the message stays in the box; a wrong token is named."""
+    app = conversations_app(api_token="right-token")
+    url = live_server(app)
+    async with open_page(chromium, width=390, height=844) as page:
+        await page.goto(url + "/")
+        await page.js("sessionStorage.setItem('livia.apiToken', 'wrong-token')")
+        await send(page, "hello there")
+        await page.wait_for("document.getElementById('token-dialog').open", "the token dialog")
+        assert "not accepted" in await page.js("document.getElementById('token-error').textContent")
+        await page.click("#token-dialog button[value=cancel]")
+        await page.wait_for("!document.getElementById('notice').hidden", "the notice")
+        notice = await page.js("document.getElementById('notice').textContent")
+        assert "token is wrong" in notice, notice
+        assert await page.js("document.getElementById('input').value") == "hello there"
+        assert await page.js("document.querySelectorAll('.msg').length") == 0
+
+        await page.js("sessionStorage.setItem('livia.apiToken', 'right-token')")
+        await page.js("document.getElementById('input').value = ''")
+        long_text = "!413 " + "x" * 50
+        await send(page, long_text)
+        await page.wait_for(
+            "document.getElementById('notice').textContent.includes('too long')", "413"
+        )
+        assert await page.js("document.getElementById('input').value") == long_text
+
+        await page.js("document.getElementById('input').value = ''")
+        await send(page, "!503 now")
+        await page.wait_for("document.getElementById('notice').textContent.includes('busy')", "503")
+        notice = await page.js("document.getElementById('notice').textContent")
+        assert "7 seconds" in notice and "messages waiting" not in notice, notice
+        assert await page.js("document.getElementById('input').value") == "!503 now"
+        keep_screenshot(await page.screenshot(), tmp_path / "refused-narrow.png")
+        assert page.errors == []
+
+
+async def test_replies_render_markdown_tools_and_errors(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11: Markdown (vendored, sanitised, copy button), tool arguments, error sentences."""
+    app = conversations_app()
+    url = live_server(app)
+    async with open_page(chromium) as page:
+        await page.goto(url + "/")
+        # The vendored scripts ran under the page's CSP (script-src 'self' + the hash).
+        assert await page.js("typeof window.markdownit === 'function' && !!window.DOMPurify")
+        icon = await page.js(
+            "fetch('/favicon.ico').then(r => [r.status, r.headers.get('content-type')])"
+        )
+        assert icon[0] == 200 and icon[1].startswith("image/svg+xml")
+
+        await send(page, "show me markdown")
+        await page.wait_for(f"{DONE} === 1", "the Markdown reply")
+        content = ".msg.assistant .content"
+        assert (
+            await page.js(f"document.querySelector('{content} h2').textContent")
+            == "Plan for Friday"
+        )
+        assert await page.js(f"document.querySelector('{content} h2 em').textContent") == "Friday"
+        assert (
+            await page.js(f"document.querySelector('{content} table td strong').textContent")
+            == "Ann"
+        )
+        assert await page.js(f"document.querySelector('{content} a').rel") == "noopener noreferrer"
+        # Sanitised: no script, no handler ran; the raw HTML is shown as text at most.
+        assert (
+            await page.js(f"document.querySelector('{content} script, {content} [onerror]')")
+            is None
+        )
+        await asyncio.sleep(0.3)
+        assert await page.js("window.xss === undefined")
+        # A copy button on the code block.
+        await page.js(
+            "window.copied = null;"
+            " navigator.clipboard.writeText = async (t) => { window.copied = t; }"
+        )
+        await page.click(f"{content} .codeblock .copy")
+        await page.wait_for("window.copied", "the copied code")
+        assert await page.js("window.copied") == 'print("hi")'
+        assert await page.js(f"document.querySelector('{content} .copy').textContent") == "Copied"
+
+        await send(page, "create a task")
+        await page.wait_for(f"{DONE} === 2", "the tool reply")
+        tool = await page.js(
+            "[...document.querySelectorAll('.tool')].map(t =>"
+            " [t.querySelector('.name').textContent, t.querySelector('.args').textContent])"
+        )
+        assert tool == [["zapier.create_task", "title: Call Bob · due: Friday"]]
+        thread = await page.js("document.getElementById('thread').innerText")
+        assert "zapier.create_task for you" in thread and "zapier__" not in thread
+
+        await send(page, "this will fail")
+        await page.wait_for(f"{DONE} === 3", "the failed reply")
+        error = await page.js(
+            "document.querySelector('.msg.assistant[data-state=\"error\"] .error').textContent"
+        )
+        assert error.startswith("Livia could not reach the model service."), error
+        assert "model_unreachable" not in await page.js("document.body.innerText")
+        assert await page.js(
+            "!document.querySelector('.msg.assistant[data-state=\"error\"] .retry').hidden"
+        )
+        # Retry after a stored failure asks again as a new message.
+        await page.click(".msg.assistant[data-state='error'] .retry")
+        await page.wait_for(f"{DONE} === 4", "the retried question")
+        assert app.state.chat_bodies[-1]["text"] == "this will fail"
+        assert app.state.chat_bodies[-1]["message_id"] != app.state.chat_bodies[-2]["message_id"]
+        assert (await page.js("document.querySelector('.tab').title")).endswith("· 4 messages")
+        keep_screenshot(await page.screenshot(), tmp_path / "markdown-tools.png")
+        assert page.errors == []
+
+
+async def test_narrow_screens(
+    chromium: str, live_server: Callable[[Any], str], tmp_path: Path
+) -> None:
+    """Issue 11: at 390 px the tabs keep readable titles and no header button is off screen."""
+    url = live_server(conversations_app())
+    dashboard = live_server(fake_livia_app())
+    async with open_page(chromium, width=390, height=844) as page:
+        await page.goto(url + "/")
+        for text in ("What is on my calendar?", "Create a task for Bob", "Hello there Livia"):
+            await send(page, text)
+            await page.wait_for(f"{DONE} === 1", "a reply")
+            await page.click("#new-tab")
+            await page.wait_for("document.querySelectorAll('.msg').length === 0", "a new tab")
+        await page.click(".tab:first-child .title")
+        await page.wait_for(f"{DONE} === 1", "the first conversation")
+        widths = await page.js(
+            "[...document.querySelectorAll('.tab .title')]"
+            ".map(t => t.getBoundingClientRect().width)"
+        )
+        assert min(widths[:3]) > 80, widths  # not 3 letters
+        assert (await page.js("document.querySelector('.tab').title")).endswith("· 1 message")
+        rights = await page.js(
+            "[...document.querySelectorAll('.topbar > button, .topbar > a')]"
+            ".map(e => e.getBoundingClientRect().right)"
+        )
+        assert rights and max(rights) <= 390, rights
+        assert await page.js("document.documentElement.scrollWidth") <= 390
+        keep_screenshot(await page.screenshot(), tmp_path / "chat-390.png")
+
+        await page.goto(dashboard + "/dashboard")
+        await page.wait_for("window.liviaDashboard && window.liviaDashboard.polls >= 1", "a poll")
+        rights = await page.js(
+            "[...document.querySelectorAll('.topbar button, .topbar a')]"
+            ".map(e => e.getBoundingClientRect().right)"
+        )
+        assert rights and max(rights) <= 390, rights
+        keep_screenshot(await page.screenshot(), tmp_path / "dashboard-390.png")
 
 
 async def test_chat_page_asks_for_the_token(
