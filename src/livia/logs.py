@@ -8,8 +8,11 @@ so a value sent by a client (an id with CR/LF in it) cannot forge a line of its 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from urllib.parse import urlsplit, urlunsplit
 
 #: Patterns of secrets that must never reach a log line.
@@ -98,13 +101,49 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+#: What is being worked on (`conversation_id`, `message_id`), for every log line written
+#: meanwhile, in this task and the tasks it starts (`LogContextFilter` adds it to records).
+log_context: ContextVar[Mapping[str, str] | None] = ContextVar("livia_log_context", default=None)
+
+
+@contextlib.contextmanager
+def logging_context(**fields: str) -> Iterator[None]:
+    """Within the block, log records carry `fields` (``key=value`` at the end of the line),
+    so everything done for one message can be followed through the logs."""
+    token = log_context.set({**(log_context.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        log_context.reset(token)
+
+
+class LogContextFilter(logging.Filter):
+    """Puts the `log_context` in force when a record is made on the record (``context``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = log_context.get()
+        if fields and not hasattr(record, "context"):
+            record.context = dict(fields)
+        return True
+
+
+def _with_context(line: str, record: logging.LogRecord) -> str:
+    """`line` plus ``key=value`` for each context field the message does not name yet."""
+    fields = getattr(record, "context", None)
+    if not isinstance(fields, Mapping):
+        return line
+    extra = [f"{k}={v}" for k, v in fields.items() if f"{k}=" not in line]
+    return " ".join([line, *extra]) if extra else line
+
+
 class RedactingFormatter(logging.Formatter):
     """A formatter that masks tokens in the final line, whatever put them there, and keeps
     each record's message on one line (control characters escaped). A traceback keeps its
-    lines, each indented, so none of them can pass for a record of its own."""
+    lines, each indented, so none of them can pass for a record of its own. The record's
+    context (`logging_context`) ends the line as ``key=value`` pairs."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record))
+        return escape_controls(_with_context(super().formatMessage(record), record))
 
     def formatException(self, ei: object) -> str:
         return _indented(super().formatException(ei))  # type: ignore[arg-type]
@@ -126,6 +165,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(
         RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     )
+    handler.addFilter(LogContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from livia.agent.events import TextDelta, TurnDone, TurnEvent
 from livia.concurrency.errors import CapacityExhausted
 from livia.conversations.types import ChatMessage, EventSink, IncomingMessage, Reply, Responder
+from livia.logs import logging_context
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,19 @@ class Listeners:
 
 
 async def run_turn(
+    responder: Responder,
+    history: Sequence[ChatMessage],
+    msg: IncomingMessage,
+    listeners: Listeners,
+    *,
+    timeout: float,
+) -> Reply:
+    """`_run_turn`, with every log line written meanwhile naming the message."""
+    with logging_context(conversation_id=msg.conversation_id, message_id=msg.message_id):
+        return await _run_turn(responder, history, msg, listeners, timeout=timeout)
+
+
+async def _run_turn(
     responder: Responder,
     history: Sequence[ChatMessage],
     msg: IncomingMessage,

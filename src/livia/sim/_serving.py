@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import socket
@@ -22,6 +23,33 @@ import uvicorn
 from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
+
+#: True in the tasks of a simulator's embedded uvicorn (see `_SimulatorRecords`).
+_in_simulator: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "livia_in_simulator", default=False
+)
+
+
+class _SimulatorRecords(logging.Filter):
+    """uvicorn logs under its own names ("uvicorn.error: Started server process"), so a
+    simulator embedded in `livia serve` (demo mode) would repeat the server's own lines.
+    Its routine lines are dropped; its warnings and errors are kept, named `livia.sim`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _in_simulator.get():
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        record.name = "livia.sim"
+        return True
+
+
+def _quiet_uvicorn_in_simulators() -> None:
+    """Install `_SimulatorRecords` on uvicorn's logger once."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _SimulatorRecords) for f in logger.filters):
+        logger.addFilter(_SimulatorRecords())
+
 
 #: Pending connections the listening socket queues (benchmarks open thousands at once).
 BACKLOG = 2048
@@ -100,6 +128,7 @@ class UvicornRunner:
         """Bind and serve; returns "http://HOST:PORT"."""
         if self._task is not None:
             raise RuntimeError("already started")
+        _quiet_uvicorn_in_simulators()
         sock = bind_socket(host, port)
         config = uvicorn.Config(
             self.app,
@@ -127,6 +156,7 @@ class UvicornRunner:
 
     @staticmethod
     async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+        _in_simulator.set(True)  # this task and those it starts: see `_SimulatorRecords`
         try:
             await server.serve(sockets=[sock])
         except SystemExit as exc:  # uvicorn exits the process when lifespan start-up fails

@@ -386,15 +386,19 @@ class SlackChannel:
         """Check the tokens, learn who Livia is, and connect (Socket Mode)."""
         if self.mode == "off":
             return
+        missing = [] if self._bot_token else ["SLACK_BOT_TOKEN (the Bot User OAuth Token, xoxb-…)"]
         if self.mode == "http" and not self._signing_secret:
-            raise SlackSetupError(
-                "SLACK_SIGNING_SECRET is not set: HTTP mode needs it "
-                "(Basic Information → App Credentials → Signing Secret)"
+            missing.append(
+                "SLACK_SIGNING_SECRET (Basic Information → App Credentials → Signing Secret)"
             )
         if self.mode == "socket" and not self._app_token:
+            missing.append("SLACK_APP_TOKEN (an app-level token, xapp-…, with connections:write)")
+        if missing:
+            mode = "Socket Mode" if self.mode == "socket" else "HTTP mode"
             raise SlackSetupError(
-                "SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-…) "
-                "with connections:write"
+                f"{mode} needs {' and '.join(missing)}; "
+                f"{'they are' if len(missing) > 1 else 'it is'} not set "
+                '(or set [slack] mode = "off")'
             )
         await self.api.open()
         me = await self.whoami()
