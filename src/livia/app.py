@@ -78,6 +78,16 @@ class Livia:
         """True while messages are accepted and answered."""
         return self.store.is_open and self.conversations.running
 
+    @property
+    def upstreams_in_use(self) -> frozenset[str]:
+        """The upstreams this deployment calls: the model's, the MCP servers', and Slack's
+        when Slack is on (`/stats` shows these, and any other that has seen calls)."""
+        settings = self.settings
+        used = {settings.llm.api, *(server.api for server in settings.mcp.servers)}
+        if settings.slack.mode != "off":
+            used.add(settings.slack.api)
+        return frozenset(used)
+
 
 async def _start_demo_upstreams(
     settings: Settings, stack: contextlib.AsyncExitStack

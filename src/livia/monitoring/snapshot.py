@@ -54,11 +54,20 @@ def jsonable(value: Any) -> Any:
 
 
 def upstream_stats(state: object) -> dict[str, dict[str, Any]]:
-    """The manager's `get_stats()`: upstream name -> its counters (empty without a manager)."""
+    """The manager's `get_stats()`: upstream name -> its counters (empty without a manager).
+
+    When the state names the upstreams it uses (`upstreams_in_use`), only those are shown,
+    plus any other that has seen calls: a policy nothing calls (Slack's while Slack is
+    off) is no part of this deployment.
+    """
     raw = _call(getattr(state, "manager", None), "get_stats")
     if not isinstance(raw, Mapping):
         return {}
-    return {str(k): dict(v) for k, v in raw.items() if isinstance(v, Mapping)}
+    stats = {str(k): dict(v) for k, v in raw.items() if isinstance(v, Mapping)}
+    in_use = getattr(state, "upstreams_in_use", None)
+    if isinstance(in_use, set | frozenset):
+        stats = {k: v for k, v in stats.items() if k in in_use or v.get("total_requests")}
+    return stats
 
 
 def conversation_stats(state: object) -> dict[str, Any]:
