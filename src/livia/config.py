@@ -198,6 +198,9 @@ class CoordinationConfig(_Section):
     lease_ttl: float = Field(default=60.0, gt=0)
     #: Seconds one Redis command may take.
     timeout: float = Field(default=2.0, gt=0)
+    #: While Redis is unreachable: "wait" (no call starts until it answers) or "local"
+    #: (each process answers within its share: each limit ÷ the replicas last seen alive).
+    on_outage: Literal["wait", "local"] = "wait"
 
 
 class Settings(BaseSettings):

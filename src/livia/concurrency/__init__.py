@@ -6,7 +6,12 @@ reply = await manager.run("openai", lambda: client.chat.completions.create(...),
 ```
 """
 
-from livia.concurrency.errors import CapacityExhausted, CircuitOpen, UnknownApi
+from livia.concurrency.errors import (
+    CapacityExhausted,
+    CircuitOpen,
+    CoordinationUnavailable,
+    UnknownApi,
+)
 from livia.concurrency.factory import build_backend, build_manager, build_manager_checked
 from livia.concurrency.limiter import Backend, Denial, Grant, Limiter, MemoryBackend
 from livia.concurrency.manager import ConcurrencyManager
@@ -21,6 +26,7 @@ __all__ = [
     "CapacityExhausted",
     "CircuitOpen",
     "ConcurrencyManager",
+    "CoordinationUnavailable",
     "Denial",
     "Grant",
     "Limiter",

@@ -24,6 +24,11 @@ class CapacityExhausted(Exception):
         )
 
 
+class CoordinationUnavailable(CapacityExhausted):
+    """The shared limits (Redis) cannot be reached and `on_outage = "wait"`: no call may
+    start until they answer again. The reason names the coordination service, not a quota."""
+
+
 class CircuitOpen(CapacityExhausted):
     """The upstream failed too often in a row; calls fail fast until the cool-off ends."""
 

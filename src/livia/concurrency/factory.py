@@ -23,6 +23,7 @@ def build_backend(coordination: CoordinationConfig) -> Backend:
             prefix=coordination.prefix,
             lease_ttl=coordination.lease_ttl,
             timeout=coordination.timeout,
+            on_outage=coordination.on_outage,
         )
     if coordination.backend != "memory":
         raise ValueError(

@@ -13,7 +13,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from livia.concurrency.errors import CapacityExhausted
+from livia.concurrency.errors import CapacityExhausted, CoordinationUnavailable
 from livia.concurrency.limiter import Denial, Grant, Limiter, describe, loop_time
 from livia.concurrency.policy import ApiPolicy
 from livia.concurrency.stats import ApiStats
@@ -72,7 +72,8 @@ class Gate:
                 first.reason,
                 first.wait,
             )
-            raise CapacityExhausted(self.api, describe(first.reason, self.policy), first.wait)
+            error = CoordinationUnavailable if first.outage else CapacityExhausted
+            raise error(self.api, describe(first.reason, self.policy), first.wait)
         return await self._wait(key, cost, deadline, first)
 
     async def _wait(self, key: str, cost: int, deadline: float, first: Denial) -> Grant:
@@ -108,6 +109,10 @@ class Gate:
         log.warning(
             "gave up waiting api=%s key=%s after=%.1fs reason=%s", self.api, key, deadline, reason
         )
+        if estimate is not None and estimate.outage:
+            raise CoordinationUnavailable(
+                self.api, f"no call could start for {deadline:.0f} s: {reason}", retry_after
+            )
         raise CapacityExhausted(
             self.api,
             f"no capacity within {deadline:.0f} s ({describe(reason, self.policy)})",

@@ -33,6 +33,8 @@ class Denial:
 
     wait: float
     reason: str
+    #: True when the shared limits cannot be reached (no call may start), not a limit.
+    outage: bool = False
 
     @property
     def slot_only(self) -> bool:

@@ -287,7 +287,17 @@ class ConcurrencyManager:
         out["circuit_state"] = up.breaker.state
         out["limits"] = up.gate.limiter.usage()
         out["backend"] = self.backend.name
+        out["coordination"] = self.coordination()
         return out
+
+    def coordination(self) -> dict[str, Any]:
+        """Where the limits are kept and how: ``{"backend", "mode", "replicas"}``; mode is
+        "local" (this process alone, or its share while Redis is away), "shared" or
+        "waiting" (Redis is away and calls wait for it)."""
+        describe_backend = getattr(self.backend, "coordination", None)
+        if describe_backend is not None:
+            return dict(describe_backend())
+        return {"backend": self.backend.name, "mode": "local", "replicas": 1}
 
     def reset_stats(self, api: str | None = None) -> None:
         """Zero the counters (gauges of calls in flight and waiting are kept)."""

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from livia.concurrency.limiter import AdaptiveConcurrency, Denial, Grant
+from livia.concurrency.limiter import AdaptiveConcurrency, Denial, Grant, MemoryLimiter, loop_time
 from livia.concurrency.policy import ApiPolicy
 from livia.logs import safe_url
 
@@ -202,12 +204,19 @@ end
 return out
 """
 
-#: Hand a slot back. KEYS[1] leases; ARGV[1] lease id. Returns the slots in use.
+#: Hand a slot back. KEYS[1] leases, KEYS[2..] the request windows; ARGV[1] lease id.
+#: The attempt's start in each window moves to now (it certainly reached the upstream by
+#: now): a request that left late — its process starved of CPU after admission — is
+#: counted from when it was surely sent, so the next start it holds back waits for that.
+#: Returns the slots in use.
 RELEASE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1])
+end
 return redis.call('ZCARD', KEYS[1])
 """
 
@@ -257,7 +266,54 @@ redis.call('PEXPIRE', KEYS[1], math.floor(ttl / 1000) + 1000)
 return lost
 """
 
+#: Say this process is alive, and count the live ones. KEYS[1] replicas ZSET (id -> expiry);
+#: ARGV[1] this process's id, ARGV[2] ttl (µs; 0: leave). Returns the live processes.
+PRESENCE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) / 1000) + 1000)
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+
+#: Put the starts made on local limits during an outage into the shared windows.
+#: KEYS: the request windows; ARGV[1] an id prefix, ARGV[2..] each start's age in µs.
+#: Returns the starts added.
+REJOIN_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local added = 0
+for i = 1, #KEYS do
+  for j = 2, #ARGV do
+    redis.call('ZADD', KEYS[i], now - tonumber(ARGV[j]), ARGV[1] .. '.' .. i .. '.' .. j)
+    added = added + 1
+  end
+end
+return added
+"""
+
 _REASONS = {1: "paused", 2: "tokens_per_minute", 3: "max_concurrent"}
+#: Outage policies: wait for Redis (fail closed), or answer within a local share.
+ON_OUTAGE = ("wait", "local")
+
+
+def local_share(policy: ApiPolicy, replicas: int) -> ApiPolicy | None:
+    """The limits one of `replicas` processes may use alone: each limit ÷ replicas, rounded
+    down; None when a share would be 0 (that upstream then waits for Redis)."""
+    n = max(1, replicas)
+    changes: dict[str, int] = {"max_concurrent": policy.max_concurrent // n}
+    for name in ("requests_per_minute", "requests_per_hour", "tokens_per_minute"):
+        limit = getattr(policy, name)
+        if limit:
+            changes[name] = limit // n
+    if any(value < 1 for value in changes.values()):
+        return None
+    return policy.updated(**changes)
 
 
 #: Which script and line a Lua error reply came from (Redis 6 and 7 forms): noise for people.
@@ -286,6 +342,19 @@ class RedisUnavailable(RuntimeError):
             self.problem = f"cannot reach Redis at {url}: {detail}"
             advice = "start it"
         super().__init__(f'{self.problem}; {advice} or set [coordination] backend = "memory"')
+
+
+@dataclass(slots=True)
+class _LocalLease:
+    """A slot of the local limits used while Redis was away."""
+
+    limiter: MemoryLimiter
+    grant: Grant
+
+
+def _limits(policy: ApiPolicy) -> dict[str, int]:
+    names = ("max_concurrent", "requests_per_minute", "requests_per_hour", "tokens_per_minute")
+    return {n: getattr(policy, n) for n in names if getattr(policy, n)}
 
 
 @dataclass(slots=True)
@@ -330,6 +399,14 @@ class RedisLimiter:
         self._used: dict[str, float] = {"max_concurrent": 0, "tokens_per_minute": 0}
         for name, _, _ in self._windows:
             self._used[name] = 0
+        #: This process's own recent starts (loop time), newest last, per window.
+        self._starts: dict[str, deque[float]] = {
+            name: deque(maxlen=limit) for name, limit, _ in self._windows
+        }
+        #: The local limits in force while Redis is away (`on_outage = "local"`), else None.
+        self.local: MemoryLimiter | None = None
+        self._local_since = 0.0
+        self._next_probe = 0.0
 
     async def _admit(self, mode: str, lease_id: str, cost: int, ahead: int) -> list[int]:
         args: list[int | str] = [
@@ -358,6 +435,8 @@ class RedisLimiter:
 
     async def acquire(self, cost: int) -> Grant | Denial:
         """Start one attempt now if every limit allows it (one atomic script)."""
+        if self.local is not None and not await self._rejoin():
+            return await self._acquire_local(cost)
         lease_id = self.backend.new_lease_id()
         try:
             granted, wait_us, code, *_ = await self._admit("acquire", lease_id, cost, 0)
@@ -365,6 +444,8 @@ class RedisLimiter:
             self._release_later(lease_id)  # the script may have run before the reply was lost
             if not self.backend.reached:
                 raise
+            if self._go_local():
+                return await self._acquire_local(cost)
             return self._outage()
         except asyncio.CancelledError:
             self._release_later(lease_id)
@@ -375,42 +456,136 @@ class RedisLimiter:
             lease_id, f"{lease_id}|{cost}" if self.policy.tokens_per_minute else None
         )
         self.held[lease_id] = lease
+        self._record_start()
         self.backend.watch()
         return Grant(cost, lease)
 
     async def estimate(self, cost: int, ahead: int) -> Denial | None:
         """A lower bound on the wait of a caller with `ahead` callers before it."""
+        if self.local is not None:
+            return await self.local.estimate(cost, ahead)
         try:
             _, wait_us, code, *_ = await self._admit("estimate", "", cost, ahead)
         except RedisUnavailable:
             if not self.backend.reached:
                 raise
+            if self._go_local() and self.local is not None:
+                return await self.local.estimate(cost, ahead)
             return self._outage()
         return self._denial(wait_us, code) if code else None
 
     def _outage(self) -> Denial:
         """Fail closed while Redis is away: nobody starts, callers wait (up to their deadline)."""
-        return Denial(OUTAGE_WAIT, self.backend.problem)
+        return Denial(OUTAGE_WAIT, self.backend.problem, outage=True)
+
+    # -- outage: local limits ----------------------------------------------------------
+
+    def _record_start(self) -> None:
+        now = loop_time()
+        for starts in self._starts.values():
+            starts.append(now)
+
+    def _go_local(self) -> bool:
+        """Switch to local limits if the backend allows it; True when they are in force.
+
+        Each limit becomes its share (limit ÷ the replicas last seen alive). The share's
+        windows start with what this process may already have spent of them: its own
+        recent starts, or its share of the shared count last seen, whichever is more, so
+        the starts of all replicas in any window stay within the limit.
+        """
+        if self.local is not None:
+            return True
+        if self.backend.on_outage != "local":
+            return False
+        replicas = self.backend.replicas
+        share = local_share(self.policy, replicas)
+        if share is None:
+            return False
+        local = MemoryLimiter(share)
+        now = loop_time()
+        for window, (name, _, seconds) in zip(local.windows, self._windows, strict=True):
+            own = [t for t in self._starts[name] if t > now - seconds - self.policy.window_margin]
+            seen = math.ceil(self._used[name] / max(1, replicas))
+            for t in own:
+                window.record(t)
+            for _ in range(max(0, seen - len(own))):
+                window.record(now)
+        self.local = local
+        self._local_since = now
+        self._next_probe = now + OUTAGE_WAIT
+        self.backend.mode_changed()
+        log.warning(
+            "api=%s answers on local limits while Redis is away: %s (1/%d of each limit)",
+            self.api,
+            ", ".join(f"{k}={v}" for k, v in _limits(share).items()),
+            max(1, replicas),
+        )
+        return True
+
+    async def _acquire_local(self, cost: int) -> Grant | Denial:
+        assert self.local is not None
+        result = await self.local.acquire(cost)
+        if isinstance(result, Grant):
+            self._record_start()
+            return Grant(cost, _LocalLease(self.local, result))
+        return result
+
+    async def _rejoin(self) -> bool:
+        """Redis answers again: count the local starts in the shared windows, then share.
+
+        Asks Redis at most every `OUTAGE_WAIT` s; True once the limits are shared again.
+        """
+        local = self.local
+        now = loop_time()
+        if local is None:
+            return True
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + OUTAGE_WAIT
+        longest = self._starts[self._windows[-1][0]] if self._windows else ()
+        ages = [round((now - t) * _US) for t in longest if t >= self._local_since]
+        try:
+            await self.backend.call(
+                self.backend.rejoin_script, self._keys[4:], [self.backend.new_lease_id(), *ages]
+            )
+        except RedisUnavailable:
+            return False
+        self.local = None
+        self.backend.mode_changed()
+        log.warning(
+            "api=%s shares its limits through Redis again (%d local start(s) counted in)",
+            self.api,
+            len(ages),
+        )
+        return True
 
     def _release_later(self, lease_id: str) -> None:
         """Hand back a lease whose grant never reached us (a no-op if it was not granted)."""
         self.backend.background(self._release_id(lease_id))
 
+    @property
+    def _release_keys(self) -> list[str]:
+        """The keys the release script touches: the leases, then each request window."""
+        return [self._keys[0], *self._keys[4:]]
+
     async def _release_id(self, lease_id: str) -> None:
         try:
-            await self.backend.call(self.backend.release_script, self._keys[:1], [lease_id])
+            await self.backend.call(self.backend.release_script, self._release_keys, [lease_id])
         except RedisUnavailable:
             pass  # it expires within the lease TTL
 
     async def release(self, grant: Grant) -> None:
         """Hand the slot back (if Redis is away, the lease expires within `lease_ttl`)."""
         lease = grant.lease
+        if isinstance(lease, _LocalLease):
+            await lease.limiter.release(lease.grant)
+            return
         if not isinstance(lease, RedisLease):
             return
         self.held.pop(lease.id, None)
         try:
             in_flight = await self.backend.call(
-                self.backend.release_script, self._keys[:1], [lease.id]
+                self.backend.release_script, self._release_keys, [lease.id]
             )
         except RedisUnavailable:
             return
@@ -448,6 +623,8 @@ class RedisLimiter:
 
     async def pause(self, seconds: float) -> None:
         """Stop every process's starts for `seconds` (after a 429)."""
+        if self.local is not None:
+            await self.local.pause(seconds)
         try:
             await self.backend.call(
                 self.backend.pause_script, self._keys[1:2], [max(1, round(seconds * _US))]
@@ -482,7 +659,10 @@ class RedisLimiter:
         self.adaptive.succeeded()
 
     def usage(self) -> dict[str, dict[str, float]]:
-        """The figures Redis reported on this process's last call (shared across processes)."""
+        """The figures Redis reported on this process's last call (shared across processes);
+        while on local limits, those (this process's share)."""
+        if self.local is not None:
+            return self.local.usage()
         out: dict[str, dict[str, float]] = {
             "max_concurrent": {
                 "limit": self.policy.max_concurrent,
@@ -529,7 +709,11 @@ class RedisBackend:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_outage: str = "wait",
     ) -> None:
+        if on_outage not in ON_OUTAGE:
+            raise ValueError(f'on_outage must be "wait" or "local", not {on_outage!r}')
+        self.on_outage = on_outage
         if lease_ttl <= 0:
             raise ValueError("lease_ttl must be positive")
         if timeout <= 0:
@@ -560,6 +744,11 @@ class RedisBackend:
         self.settle_script = self.client.register_script(SETTLE_LUA)
         self.pause_script = self.client.register_script(PAUSE_LUA)
         self.renew_script = self.client.register_script(RENEW_LUA)
+        self.presence_script = self.client.register_script(PRESENCE_LUA)
+        self.rejoin_script = self.client.register_script(REJOIN_LUA)
+        #: Live processes sharing these limits, as Redis last said (this one included).
+        self.replicas = 1
+        self._presence: asyncio.Task[None] | None = None
         #: True once Redis has answered: later failures are outages, not misconfiguration.
         self.reached = False
         self._down = False
@@ -600,11 +789,18 @@ class RedisBackend:
                     self.settle_script,
                     self.pause_script,
                     self.renew_script,
+                    self.presence_script,
+                    self.rejoin_script,
                 ):
                     script.sha = await self.client.script_load(script.script)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisUnavailable(self.safe_url, exc) from exc
         self.reached = True
+        await self._announce()
+        if self._presence is None or self._presence.done():
+            self._presence = asyncio.get_running_loop().create_task(
+                self._presence_forever(), name="livia-redis-presence"
+            )
         log.info("limits are shared through Redis at %s (prefix %r)", self.safe_url, self.prefix)
 
     async def call(self, script: Any, keys: Sequence[str], args: Sequence[int | str]) -> Any:
@@ -624,6 +820,52 @@ class RedisBackend:
             self._down = False
         self.reached = True
         return reply
+
+    @property
+    def mode(self) -> str:
+        """ "shared" (limits in Redis), "local" (some upstream answers on its share while
+        Redis is away) or "waiting" (Redis is away: no call starts)."""
+        if any(limiter.local is not None for limiter in self._limiters):
+            return "local"
+        return "waiting" if self._down else "shared"
+
+    def coordination(self) -> dict[str, Any]:
+        """What `/stats` shows of the coordination: backend, mode, live replicas."""
+        return {
+            "backend": self.name,
+            "mode": self.mode,
+            "replicas": self.replicas,
+            "on_outage": self.on_outage,
+        }
+
+    def mode_changed(self) -> None:
+        """A limiter switched between shared and local limits (for the log)."""
+        log.info("coordination mode: %s", self.mode)
+
+    async def _announce(self, leaving: bool = False) -> None:
+        ttl = 0 if leaving else round(3 * self._presence_interval * _US)
+        try:
+            count = await self.call(
+                self.presence_script, [f"{self.prefix}:replicas"], [self._origin, ttl]
+            )
+        except RedisUnavailable:
+            return
+        self.replicas = max(1, int(count))
+
+    @property
+    def _presence_interval(self) -> float:
+        return min(self.lease_ttl / 3, USAGE_REFRESH)
+
+    async def _presence_forever(self) -> None:
+        """Say this process is alive every few seconds; learn how many are, and (for the
+        local limits of an outage) how much of each shared window is spent."""
+        while True:
+            await asyncio.sleep(self._presence_interval)
+            await self._announce()
+            if self.on_outage == "local" and not self._down:
+                for limiter in list(self._limiters):
+                    if limiter.local is None:
+                        await limiter.refresh()
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` on its own (bounded by `call_timeout`), keeping a reference to it."""
@@ -652,13 +894,16 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Stop renewing, hand back leases still held, and close the connections."""
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._heartbeat, self._presence):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._heartbeat = self._presence = None
+        if self.reached and not self._down:
+            await self._announce(leaving=True)
         for limiter in self._limiters:
             await limiter.aclose()
         if self._tasks:
