@@ -261,9 +261,7 @@ def list_events(
         where = f" ({e['location']})" if e["location"] else ""
         lines.append(f"{begins:%a %d %b %H:%M}-{ends:%H:%M} {begins:%Z}: {e['title']}{where}")
     count = f"{len(events)} event{'s' if len(events) != 1 else ''}"
-    return f"{count} in Google Calendar from {span}: " + "; ".join(lines) + ".", {
-        "events": events
-    }
+    return f"{count} in Google Calendar from {span}: " + "; ".join(lines) + ".", {"events": events}
 
 
 def send_email(
@@ -300,6 +298,5 @@ def send_email(
 
 #: The tools the simulated Zapier server offers, by name.
 TOOLS: dict[str, Callable[..., ToolOutput]] = {
-    fn.__name__: fn
-    for fn in (create_task, search_files, schedule_event, list_events, send_email)
+    fn.__name__: fn for fn in (create_task, search_files, schedule_event, list_events, send_email)
 }
