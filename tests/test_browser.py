@@ -1056,9 +1056,23 @@ async def test_real_app_in_demo_mode(
             " t.querySelector('.name').textContent])"
         )
         assert len(tools) == 1 and tools[0][0] == "ok" and "create_task" in tools[0][1], tools
+        assert await page.js("document.querySelector('.tool .args').textContent")
         assert await page.js("document.querySelector('.msg.assistant .content').innerText")
+        assert "__" not in await page.js("document.getElementById('thread').innerText")
+        assert await page.js("typeof window.markdownit === 'function' && !!window.DOMPurify")
         assert page.errors == []
         keep_screenshot(await page.screenshot(), tmp_path / "web-chat.png", readme=True)
+
+        # The real GET /v1/conversations[/{id}]: with no cache, both come back.
+        await page.js("localStorage.removeItem('livia.conversations')")
+        await page.call("Page.reload")
+        await page.wait_for("window.liviaChat && window.liviaChat.listed", "the server's list")
+        await page.wait_for("document.querySelectorAll('.tab').length === 2", "both conversations")
+        await page.wait_for(f"{DONE} === 1", "the active conversation's messages")
+        assert "Create a task to review the Q3 report" in await page.js(
+            "document.getElementById('thread').innerText"
+        )
+        assert page.errors == []
 
     stop = asyncio.Event()
 

@@ -63,6 +63,7 @@
   // ---- state -------------------------------------------------------------------------
   let userId = store.get(USER_KEY, "");
   if (!userId) { userId = uid("web-"); store.set(USER_KEY, userId); }
+  const browserUser = userId; // this browser's own id; a user key acts as its own user instead
   /**
    * A conversation: {id, title, messages, synced?} (synced: the server has it). Messages:
    * user {role, id, text, state: sending|sent|queued}; assistant {role, id (its question's
@@ -247,9 +248,17 @@
     if (activeId === id) activeId = convs.length ? convs[Math.max(0, i - 1)].id : "";
     if (!convs.length) newConversation(); else { save(); renderTabs(); renderThread(); }
     if (conv.synced || conv.messages.length) {
+      let res = null;
       try {
-        await fetch(`/v1/conversations/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
+        res = await fetch(`/v1/conversations/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
       } catch { /* offline: it is gone here; the server keeps it */ }
+      if (res && res.status === 409) { // a reply is on the way: keep it
+        removed.delete(id);
+        convs.splice(Math.min(i, convs.length), 0, conv);
+        save();
+        renderTabs();
+        showNotice("That conversation has a reply on the way; delete it once the reply is there.");
+      }
     }
   }
 
@@ -593,7 +602,9 @@
     if (outcome.kind === "unauthorized") {
       const hadToken = !!getToken();
       if (await askToken(hadToken ? "That token was not accepted. Check it (LIVIA_SERVER__API_TOKEN or your key) and try again." : "")) {
+        await whoAmI();
         outcome = await exchange(conv, userMsg, reply); // same message_id: answered once
+        if (outcome.kind !== "unauthorized") sync();
       }
       if (outcome.kind === "unauthorized") {
         outcome = {
@@ -846,6 +857,15 @@
     });
   }
 
+  /** Who the token acts as (`GET /v1/me`): a user key's user, or this browser's id. */
+  async function whoAmI() {
+    try {
+      const res = await api("/v1/me");
+      userId = res.ok && res.body && typeof res.body.user_id === "string" && res.body.user_id ? res.body.user_id : browserUser;
+    } catch { /* unreachable: keep the id */ }
+    $("who").textContent = `you are ${userId}`;
+  }
+
   async function checkHealth() {
     try {
       const res = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(HEALTH_TIMEOUT_MS) });
@@ -877,7 +897,7 @@
   $("input").addEventListener("input", autosize);
   $("new-tab").addEventListener("click", newConversation);
   $("stop").addEventListener("click", stopReply);
-  $("token-button").addEventListener("click", () => askToken("").then((ok) => { if (ok) sync(); }));
+  $("token-button").addEventListener("click", () => askToken("").then(async (ok) => { if (ok) { await whoAmI(); sync(); } }));
   $("thread").addEventListener("click", (ev) => {
     const button = ev.target instanceof Element ? ev.target.closest("button.copy") : null;
     if (button) copyCode(button);
@@ -936,6 +956,6 @@
     if (conv && !busy.has(id) && queued.length) start(conv, queued.shift());
   }
   checkHealth();
-  sync();
+  whoAmI().then(sync);
   $("input").focus();
 })();
