@@ -260,7 +260,7 @@ async def test_an_existing_v1_database_is_upgraded_in_place(tmp_path: Path) -> N
         assert (convs["c1"].messages, convs["c1"].title, convs["c1"].user_id) == (2, "hello", "u1")
         assert [t.message_id for t in await s.claim_ready(5)] == ["m2"]
     with sqlite3.connect(db_file) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0003"
         assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3
     async with Store(f"sqlite:///{db_file}") as s:  # a second start finds the schema current
         assert len(await s.pending()) == 1

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat", "talk to a running Livia from the terminal"),
     "stats": ("stats", "watch a running Livia's upstream statistics"),
     "check": ("check", "validate the configuration and reach every upstream"),
+    "keys": ("keys", "create, list and revoke users' API keys"),
     "db": ("db", "show or upgrade the store's schema version"),
 }
 

@@ -8,6 +8,7 @@
 - ``instances``: the live processes, each with a heartbeat and its monitoring snapshot.
   A process is alive while ``heartbeat_at + lease`` is ahead of the database's clock.
 - ``marks``: idempotency marks that expire (Slack event ids, thread memberships).
+- ``api_keys``: per-user API keys, hashed (``key_id`` is the public part of a key).
 """
 
 from __future__ import annotations
@@ -73,4 +74,16 @@ marks = sa.Table(
     metadata,
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("expires", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+    sa.Index("api_keys_user", "user_id"),
 )
