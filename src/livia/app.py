@@ -21,11 +21,14 @@ from fastapi import FastAPI
 from livia import __version__
 from livia.agent import Agent
 from livia.channels.guard import install_guard
+from livia.channels.history import history_router
 from livia.channels.http import api_router, install_error_handling
+from livia.channels.openai_compat import openai_router
 from livia.channels.web import web_router
 from livia.concurrency import ConcurrencyManager, build_manager_checked
 from livia.config import McpServerConfig, Settings
 from livia.conversations import Conversations
+from livia.identity import Identity
 from livia.monitoring import monitoring_router
 from livia.monitoring.snapshot import snapshot as stats_snapshot
 from livia.store import Store
@@ -66,6 +69,8 @@ class Livia:
     slack: SlackChannel | None = None
     #: The simulated upstreams of demo mode (they expose their own counters).
     simulators: dict[str, Any] = field(default_factory=dict)
+    #: Who a request comes from: the operator's token, users' keys (built on first use).
+    identity: Identity | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -164,6 +169,7 @@ async def run_livia(
             demo=demo,
             notice=DEMO_NOTICE if demo else None,
             simulators=simulators,
+            identity=Identity(store, settings.server.api_token.get_secret_value()),
         )
         if settings.slack.mode != "off":
             from livia.channels.slack import SlackChannel
@@ -219,9 +225,10 @@ def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -
         title="Livia",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,
+        summary="A multi-user AI chatbot: chat API, OpenAI-compatible API, monitoring.",
+        docs_url="/docs",
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.livia = None
     install_error_handling(app)
@@ -232,6 +239,8 @@ def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -
         origins=settings.server.allowed_origins,
     )
     app.include_router(api_router())
+    app.include_router(history_router())
+    app.include_router(openai_router())
     app.include_router(web_router())
     app.include_router(monitoring_router())
     return app

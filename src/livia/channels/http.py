@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livia import __version__
 from livia.agent.events import TurnDone, TurnEvent
+from livia.channels.access import act_as, authenticate, may_write
+from livia.channels.errors import ApiError, error_response, errors
 from livia.conversations import (
     Busy,
     ConversationError,
@@ -36,7 +38,6 @@ from livia.conversations import (
     Ticket,
     UnknownConversation,
 )
-from livia.monitoring.auth import unauthorized
 from livia.store import StoreError
 
 if TYPE_CHECKING:
@@ -50,41 +51,29 @@ _BODY_SLACK = 64 * 1024
 _PING_SECONDS = 15
 
 
-class ApiError(Exception):
-    """An error with its HTTP status, rendered as ``{"error": {"type", "message"}}``."""
-
-    def __init__(
-        self, status: int, type_: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        """The JSON response for this error."""
-        return error_response(self.status, self.type, self.message, self.headers)
-
-
-def error_response(
-    status: int, type_: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one error shape every endpoint uses."""
-    return JSONResponse(
-        {"error": {"type": type_, "message": message}}, status_code=status, headers=headers
-    )
-
-
 class ChatRequest(BaseModel):
     """The body of `POST /v1/chat`."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
     conversation_id: str = Field(min_length=1, max_length=256)
-    user_id: str = Field(min_length=1, max_length=256)
+    user_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Who speaks. Required, except with a user key: then the key's user "
+        "(naming another user is a 403).",
+    )
     text: str
-    message_id: str | None = Field(default=None, min_length=1, max_length=256)
+    message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Idempotency: a repeat returns the stored reply without a second model call",
+    )
+    stream: bool = Field(
+        default=False, description="Stream the reply as server-sent events (like Accept)"
+    )
 
     @field_validator("text")
     @classmethod
@@ -99,13 +88,37 @@ class ChatRequest(BaseModel):
         return printable_id(value) if value is not None else None
 
 
+class _NamedChatRequest(ChatRequest):
+    """`ChatRequest` from a caller that may act for anyone: it must name the user."""
+
+    user_id: str = Field(min_length=1, max_length=256)
+
+
+class InfoReply(BaseModel):
+    """`GET /v1/info`: what this Livia runs on."""
+
+    version: str
+    demo: bool
+    notice: str | None
+    model: str
+    tools: list[str]
+    slack: str
+
+
+class ChatReply(BaseModel):
+    """The answer of `POST /v1/chat` (the ``done`` event of a stream carries the same)."""
+
+    conversation_id: str
+    message_id: str
+    reply: str
+    error: str | None = Field(description="Why the reply is an apology (e.g. model_unreachable)")
+    duplicate: bool = Field(description="True when this is the stored reply to a repeat")
+
+
 #: Characters an id may not hold: C0/C1 controls (CR, LF, NUL…), DEL, the Unicode line and
 #: paragraph separators, and lone surrogates (not Unicode at all).
 _BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Conversation-id prefixes owned by other channels: the HTTP API neither reads nor writes
-#: them (a Slack thread is answered only for what was said in Slack).
-FOREIGN_PREFIXES = ("slack:",)
 
 
 def printable_id(value: str) -> str:
@@ -122,13 +135,6 @@ def valid_unicode(value: str) -> str:
     if _SURROGATE.search(value) is not None:
         raise ValueError("must be valid Unicode (it holds an unpaired surrogate)")
     return value
-
-
-def foreign_prefix(conversation_id: str) -> str | None:
-    """The prefix of another channel's namespace that `conversation_id` is in (whatever
-    its case), or None when the HTTP API may use it."""
-    lowered = conversation_id.lower()
-    return next((p for p in FOREIGN_PREFIXES if lowered.startswith(p)), None)
 
 
 def _state(request: Request) -> Livia:
@@ -161,7 +167,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
+def _parse_chat(body: bytes, max_text_bytes: int, *, named: bool = True) -> ChatRequest:
+    """The request in `body`; `named`: the caller may act for anyone, so user_id is required."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -169,7 +176,7 @@ def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
     except RecursionError:
         raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
     try:
-        req = ChatRequest.model_validate(data)
+        req = (_NamedChatRequest if named else ChatRequest).model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _describe(exc)) from None
     size = len(req.text.encode("utf-8"))
@@ -178,13 +185,6 @@ def _parse_chat(body: bytes, max_text_bytes: int) -> ChatRequest:
             413,
             "text_too_large",
             f"text is {size} bytes; the limit is {max_text_bytes} ([server] max_text_bytes)",
-        )
-    if (prefix := foreign_prefix(req.conversation_id)) is not None:
-        raise ApiError(
-            403,
-            "forbidden",
-            f"conversation ids starting with {prefix!r} belong to that channel; the HTTP API "
-            "cannot write into them (use another conversation_id)",
         )
     return req
 
@@ -201,21 +201,47 @@ def api_router() -> APIRouter:
     """The chat API and health endpoints; they read `request.app.state.livia` per request."""
     router = APIRouter()
 
-    @router.post("/v1/chat", summary="Send a message; get the reply (JSON or event stream)")
+    @router.post(
+        "/v1/chat",
+        summary="Send a message; get the reply (JSON or event stream)",
+        response_model=ChatReply,
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "string",
+                            "description": "events delta, tool_started, tool_finished, then "
+                            "done (a ChatReply) or error (an ErrorBody)",
+                        }
+                    }
+                }
+            },
+            **errors(400, 401, 403, 404, 409, 413, 415, 422, 503, 504),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+            }
+        },
+    )
     async def chat(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+        principal = await authenticate(request)  # before the body is read
         livia = _state(request)
         limit = livia.settings.server.max_text_bytes
-        req = _parse_chat(await _read_body(request, limit * 6 + _BODY_SLACK), limit)
+        body = await _read_body(request, limit * 6 + _BODY_SLACK)
+        req = _parse_chat(body, limit, named=principal.user_id is None)
+        user_id = act_as(principal, req.user_id)
+        await may_write(livia, principal, req.conversation_id, user_id, "http", req.text)
         msg = IncomingMessage(
             conversation_id=req.conversation_id,
-            user_id=req.user_id,
+            user_id=user_id,
             text=req.text,
             message_id=req.message_id or uuid.uuid4().hex,
             channel="http",
         )
-        stream = "text/event-stream" in request.headers.get("accept", "")
+        stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
         log.info(
             "http message conversation_id=%s message_id=%s user_id=%s bytes=%d stream=%s",
             msg.conversation_id,
@@ -242,41 +268,14 @@ def api_router() -> APIRouter:
         )
         return JSONResponse(_reply_json(reply))
 
-    @router.get("/v1/conversations/{conversation_id:path}", summary="A conversation's history")
-    async def conversation(conversation_id: str, request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        if foreign_prefix(conversation_id) is not None:  # another channel's: as if absent
-            raise UnknownConversation(conversation_id)
-        turns = await _state(request).conversations.turns(conversation_id)
-        messages: list[dict[str, Any]] = []
-        for turn in turns:
-            messages.append(
-                {
-                    "role": "user",
-                    "content": turn.text,
-                    "message_id": turn.message_id,
-                    "user_id": turn.user_id,
-                }
-            )
-            if turn.done:
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": turn.reply or "",
-                        "message_id": turn.message_id,
-                        "error": turn.error,
-                    }
-                )
-        pending = sum(not t.done for t in turns)
-        return JSONResponse(
-            {"conversation_id": conversation_id, "messages": messages, "pending": pending}
-        )
-
-    @router.get("/v1/info", summary="What this Livia runs on")
+    @router.get(
+        "/v1/info",
+        summary="What this Livia runs on",
+        response_model=InfoReply,
+        responses=errors(401, 403, 503),
+    )
     async def info(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
+        await authenticate(request)
         livia = _state(request)
         return JSONResponse(
             {

@@ -1,4 +1,9 @@
-"""The optional bearer token that guards the API and admin endpoints."""
+"""The bearer credential that guards the monitoring endpoints (`/stats`, `/metrics`).
+
+Monitoring is the operator's: when `[server] api_token` is set only it is accepted; when
+it is not but users' keys exist, any valid key is; with neither, the endpoints are open
+(to this machine: the Host/Origin guard).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,30 @@ def unauthorized(request: Request) -> JSONResponse | None:
                 "type": "unauthorized",
                 "message": "this endpoint needs `Authorization: Bearer <token>` with the "
                 "server's api_token (LIVIA_SERVER__API_TOKEN)",
+            }
+        },
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def monitoring_denied(request: Request) -> JSONResponse | None:
+    """A 401 response unless the request may read monitoring data (see the module doc)."""
+    if (refused := unauthorized(request)) is not None or expected_token(request):
+        return refused
+    identity = getattr(getattr(request.app.state, "livia", None), "identity", None)
+    if identity is None or not await identity.keys_exist():
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and await identity.verify(given.strip()) is not None:
+        return None
+    log.info("refused %s %s: missing or wrong key", request.method, request.url.path)
+    return JSONResponse(
+        {
+            "error": {
+                "type": "unauthorized",
+                "message": "this endpoint needs `Authorization: Bearer <key>` with a user key "
+                "(livia keys create USER) or an api_token (LIVIA_SERVER__API_TOKEN)",
             }
         },
         status_code=401,

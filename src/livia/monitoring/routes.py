@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 
-from livia.monitoring.auth import unauthorized
+from livia.monitoring.auth import monitoring_denied
 from livia.monitoring.deployment import deployment
 from livia.monitoring.metrics import metrics_registry
 from livia.monitoring.page import inline_assets, page_csp
@@ -32,21 +32,21 @@ def monitoring_router() -> APIRouter:
 
     @router.get("/stats", summary="Live statistics as JSON")
     async def stats(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+        if (denied := await monitoring_denied(request)) is not None:
             return denied
         state = getattr(request.app.state, "livia", None)
         return JSONResponse(snapshot(state), headers=_NO_STORE)
 
     @router.get("/stats/deployment", summary="Every live replica's statistics, and their sums")
     async def stats_deployment(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+        if (denied := await monitoring_denied(request)) is not None:
             return denied
         state = getattr(request.app.state, "livia", None)
         return JSONResponse(await deployment(state), headers=_NO_STORE)
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
+        if (denied := await monitoring_denied(request)) is not None:
             return denied
         # Text format 0.0.4 unless the scraper asks for OpenMetrics. Collected on the
         # event loop on purpose: the limiters read the loop's clock.
