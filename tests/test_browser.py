@@ -1120,3 +1120,61 @@ def test_readme_screenshots_are_committed() -> None:
     """The README images exist and are PNGs (regenerate: see this module's docstring)."""
     for name in ("web-chat.png", "dashboard.png"):
         assert (ROOT / "docs" / "img" / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+async def test_a_reply_finished_across_a_restart_reaches_the_page(
+    chromium: str, tmp_path: Path
+) -> None:
+    """Issue 11, bug 2 with real processes: SIGTERM while the page streams a reply; the
+    stream ends (error: the message is kept), the page waits without re-sending, and the
+    reply the restarted server gives to the kept message appears, also after a reload."""
+    import signal
+
+    from livia.sim import SimOpenAI, SimOpenAIConfig
+    from tests.test_serve import _clean_env, _free_port, _serve, _wait_ready
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with (
+        SimOpenAI(SimOpenAIConfig(latency=12.0)) as slow,
+        SimOpenAI(SimOpenAIConfig(latency=0.2)) as fast,
+        open_page(chromium) as page,
+    ):
+
+        def env(model: SimOpenAI) -> dict[str, str]:
+            return _clean_env(
+                LIVIA_STORE__URL=f"sqlite:///{tmp_path}/livia.db", LIVIA_LLM__BASE_URL=model.url
+            )
+
+        with _serve(tmp_path, port, env(slow)) as served:
+            await _wait_ready(url, served)
+            await page.goto(url + "/")
+            await send(page, "Hello across a restart")
+            for _ in range(200):  # the turn is at the (slow) model
+                if slow.stats.requests:
+                    break
+                await asyncio.sleep(0.05)
+            assert slow.stats.requests == 1, served.output()
+            served.proc.send_signal(signal.SIGTERM)
+            await page.wait_for(
+                "document.querySelector('.msg.assistant[data-state=\"waiting\"] .status')",
+                "the page to wait for the kept message's reply",
+                20,
+            )
+            status = await page.js("document.querySelector('.msg.assistant .status').textContent")
+            served.proc.wait(timeout=30)
+        with _serve(tmp_path, port, env(fast)) as served:
+            await _wait_ready(url, served)
+            await page.wait_for(f"{DONE} === 1", "the reply after the restart", 45)
+            reply = await page.js("document.querySelector('.msg.assistant .content').innerText")
+            assert reply.strip(), served.output()
+            assert await page.js("window.liviaChat.sent") == 1  # never re-sent
+            assert fast.stats.requests >= 1  # answered by the restarted server
+            await page.call("Page.reload")
+            await page.wait_for(f"{DONE} === 1", "the reply after a reload")
+            assert (
+                await page.js("document.querySelector('.msg.assistant .content').innerText")
+                == reply
+            )
+            assert page.errors == []
+    print(f"\nwhile stopping, the page said: {status!r}")
