@@ -338,7 +338,7 @@ async def test_spent_hourly_quota_is_reported_with_a_time_and_chat_keeps_working
     assert any(
         finished.summary == f"Zapier tools are out of quota until {clock} (in {wait} min)"
         for clock in clocks
-        for wait in (59, 60)
+        for wait in (59, 60, 61)  # the window has a 0.1 s margin: 3600.1 s is 61 min
     ), finished.summary
     assert "Zapier tools are out of quota until" in done.text
     assert any(clock in done.text for clock in clocks), done.text
