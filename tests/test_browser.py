@@ -1178,3 +1178,28 @@ async def test_a_reply_finished_across_a_restart_reaches_the_page(
             )
             assert page.errors == []
     print(f"\nwhile stopping, the page said: {status!r}")
+
+
+async def test_a_user_key_acts_as_its_user(chromium: str, livia_server: Callable[..., Any]) -> None:
+    """With per-user keys (`livia keys create ann`), the page asks for the key, then sends,
+    lists and shows conversations as that key's user (`GET /v1/me`)."""
+    running = await livia_server(latency=0.05)
+    _key, secret = await running.livia.identity.create_key("ann")
+    async with open_page(chromium) as page:
+        await page.goto(running.url + "/")
+        await send(page, "Hello as Ann")
+        await page.wait_for("document.getElementById('token-dialog').open", "the token dialog")
+        await page.click("#token-input")
+        await page.type(secret)
+        await page.click("#token-dialog button[value=save]")
+        await page.wait_for(f"{DONE} === 1", "the reply")
+        assert await page.js("document.getElementById('who').textContent") == "you are ann"
+        listed = await running.livia.store.list_user_conversations(user_id="ann", limit=10)
+        assert [c.title for c in listed] == ["Hello as Ann"]
+
+        await page.js("localStorage.removeItem('livia.conversations')")
+        await page.call("Page.reload")
+        await page.wait_for("window.liviaChat && window.liviaChat.listed", "ann's list")
+        await page.wait_for(f"{DONE} === 1", "ann's conversation from the server")
+        assert "Hello as Ann" in await page.js("document.getElementById('thread').innerText")
+        assert page.errors == []
