@@ -779,6 +779,11 @@ async def test_composer_keeps_the_message_and_says_why(
     async with open_page(chromium, width=390, height=844) as page:
         await page.goto(url + "/")
         await page.js("sessionStorage.setItem('livia.apiToken', 'wrong-token')")
+        await page.call("Page.reload")
+        await page.wait_for("!document.getElementById('notice').hidden", "the wrong-token notice")
+        assert "token of this tab is wrong" in await page.js(
+            "document.getElementById('notice').textContent"
+        )
         await send(page, "hello there")
         await page.wait_for("document.getElementById('token-dialog').open", "the token dialog")
         assert "not accepted" in await page.js("document.getElementById('token-error').textContent")

@@ -804,6 +804,9 @@
   async function syncList() {
     let res;
     try { res = await api(`/v1/conversations?user_id=${encodeURIComponent(userId)}`); } catch { return; }
+    if (res.status === 401 && getToken()) {
+      showNotice("The API token of this tab is wrong (the server did not accept it): set the right one with the Token button.");
+    }
     if (!res.ok || !res.body || !Array.isArray(res.body.conversations)) return; // cache only
     probe.listed = true;
     const server = res.body.conversations.filter((c) => c && c.conversation_id);
