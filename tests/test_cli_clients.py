@@ -292,7 +292,8 @@ api_url = "{url}/api/"
     assert found["slack"].startswith("✓") and "livia in Acme" in found["slack"]
     assert found["slack socket mode"].startswith("✓")
     assert "redis" not in found  # memory backend: nothing to reach
-    assert "all 5 checks passed" in out
+    assert found["store"].startswith("✓") and "var/livia.db" in found["store"]
+    assert "all 6 checks passed" in out
 
 
 def test_check_says_what_is_wrong_and_what_to_do(
@@ -344,7 +345,8 @@ redis_url = "redis://:hunter2@127.0.0.1:9/0"
     assert found["redis"].startswith("✗") and 'backend = "memory"' in out
     assert "hunter2" not in out and "redis://:***@127.0.0.1:9/0" in out
     assert found["server"].startswith("!") and "0.0.0.0" in found["server"]
-    assert "6 of 8 checks failed" in out
+    assert found["store"].startswith("✓")  # the default SQLite file: nothing wrong there
+    assert "6 of 9 checks failed" in out
     assert "Traceback" not in out
 
 
