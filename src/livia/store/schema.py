@@ -54,6 +54,8 @@ conversations = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("messages", sa.Integer, nullable=False, server_default="0"),
+    #: Messages not answered yet: 1 after an intake means it is the oldest pending one.
+    sa.Column("pending", sa.Integer, nullable=False, server_default="0"),
 )
 
 instances = sa.Table(

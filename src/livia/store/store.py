@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from livia.conversations.types import IncomingMessage, Reply
 from livia.store import migrate
+from livia.store.lanes import Lanes
 from livia.store.urls import StoreError, parse_store_url
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,14 @@ class Store:
     others take them at once. Every method after `close()` raises `StoreError`.
     """
 
-    def __init__(self, url: str, *, lease: float = 10.0, instance_id: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease: float = 10.0,
+        instance_id: str = "",
+        same_host_reaping: bool = True,
+    ) -> None:
         self.url = url
         self._parsed = parse_store_url(url)
         self.backend = self._parsed.backend
@@ -229,11 +237,14 @@ class Store:
         #: This process's identity in claims: unique per start, even with a fixed instance_id.
         self.owner = f"{self.instance_id}/{uuid.uuid4().hex[:10]}"
         self._host_key = _host_key()
+        #: Judge processes on this host by their pid too (off: by heartbeats alone, as
+        #: for other hosts; the takeover benchmark measures that path).
+        self._same_host_reaping = same_host_reaping
         self._engine: AsyncEngine | None = None
-        self._writer: AsyncEngine | None = None
+        self._writes: Lanes | None = None
+        self._reads: Lanes | None = None
+        self._beats: Lanes | None = None
         self._now = _NOW[self.backend]
-        # SQLite takes one writer at a time: queue writers here rather than in its busy loop.
-        self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
         self._memory = self.path == ":memory:"
 
     # -- life cycle ---------------------------------------------------------------------
@@ -270,7 +281,16 @@ class Store:
             await engine.dispose()
             raise StoreError(f"cannot use the store {self.display}: {_reason(exc)}") from None
         self._engine = engine
-        self._writer = engine.execution_options(livia_write=True)
+        if self._memory:  # one database per connection: everything shares the only one
+            self._writes = self._reads = self._beats = Lanes(engine, 1, livia_write=True)
+        else:
+            # SQLite takes one writer at a time: writers queue here, not in its busy loop.
+            writers = 8 if self.backend == "postgresql" else 1
+            self._writes = Lanes(engine, writers, livia_write=True)
+            self._reads = Lanes(engine, 4, isolation_level="AUTOCOMMIT")
+            # Its own connection: a heartbeat never queues behind the work (a busy
+            # process must not look dead to the others).
+            self._beats = Lanes(engine, 1, livia_write=True)
         try:
             await self.heartbeat()
             await self._housekeeping()
@@ -341,9 +361,7 @@ class Store:
     def _create_engine(self) -> AsyncEngine:
         url = self._parsed.engine_url
         if self.backend == "postgresql":
-            return create_async_engine(
-                url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800
-            )
+            return create_async_engine(url, pool_size=16, max_overflow=8)
         engine = create_async_engine(url, connect_args={"timeout": 30.0})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -356,21 +374,19 @@ class Store:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            write = conn.get_execution_options().get("livia_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            options = conn.get_execution_options()
+            if options.get("isolation_level") == "AUTOCOMMIT":
+                return  # a read: one statement, no transaction around it
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("livia_write") else "BEGIN")
 
         return engine
 
     async def close(self) -> None:
         """Give back this process's claims, leave the instance list and disconnect."""
-        engine, self._engine = self._engine, None
-        if engine is None:
+        if self._engine is None:
             return
-        writer = self._writer
-        self._writer = None
         try:
-            assert writer is not None
-            async with self._locked(), writer.begin() as conn:
+            async with self._write() as conn:
                 await conn.execute(
                     text(
                         "UPDATE messages SET owner = NULL WHERE owner = :me AND status = 'pending'"
@@ -380,9 +396,14 @@ class Store:
                 await conn.execute(
                     text("DELETE FROM instances WHERE owner = :me"), {"me": self.owner}
                 )
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("store close: could not give back claims: %s", _reason(exc))
+        except StoreError as exc:
+            log.warning("store close: could not give back claims: %s", exc)
         finally:
+            engine, self._engine = self._engine, None
+            lanes = {id(x): x for x in (self._writes, self._reads, self._beats) if x is not None}
+            self._writes = self._reads = self._beats = None
+            for lane in lanes.values():
+                await lane.close()
             await engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -395,35 +416,35 @@ class Store:
     # -- plumbing -----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        if self._write_lock is None:
-            yield
-        else:
-            async with self._write_lock:
-                yield
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite); errors become `StoreError`."""
-        if self._writer is None:
+    async def _transaction(self, lanes: Lanes | None, what: str) -> AsyncIterator[AsyncConnection]:
+        if lanes is None:
             raise StoreError("the store is closed")
         try:
-            async with self._locked(), self._writer.begin() as conn:
+            async with lanes.hold() as conn, conn.begin():
                 yield conn
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"store write failed ({self.display}): {_reason(exc)}") from None
+            raise StoreError(f"{what} failed ({self.display}): {_reason(exc)}") from None
+
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite); errors become `StoreError`."""
+        return self._transaction(self._writes, "store write")
+
+    def _beat_write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A write on the heartbeat's own connection (not queued behind the work)."""
+        return self._transaction(self._beats, "heartbeat")
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        if self._engine is None:
+        """A connection for reads (autocommit: each statement stands alone)."""
+        if self._memory:  # the one shared connection is transactional
+            async with self._transaction(self._reads, "store read") as conn:
+                yield conn
+            return
+        if self._reads is None:
             raise StoreError("the store is closed")
         try:
-            if self._memory:  # one shared connection: take turns
-                async with self._locked(), self._engine.connect() as conn:
-                    yield conn
-            else:
-                async with self._engine.connect() as conn:
-                    yield conn
+            async with self._reads.hold() as conn:
+                yield conn
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"store read failed ({self.display}): {_reason(exc)}") from None
 
@@ -468,38 +489,47 @@ class Store:
             "me": self.owner,
             "claim": 1 if claim else 0,
         }
-        head = (
-            "(:claim = 1 AND NOT EXISTS (SELECT 1 FROM messages AS e"
-            " WHERE e.conversation_id = :cid AND e.status = 'pending'))"
-        )
         async with self._write() as conn:
-            count = (
+            # Locks the conversation's row: intake of one conversation is serialised, so
+            # seq follows commit order; its counters say whether this is the oldest
+            # pending message (then it can be claimed right here).
+            messages, pending = (
                 await conn.execute(
                     text(
                         "INSERT INTO conversations (conversation_id, user_id, channel, title,"
-                        " created_at, updated_at, messages)"
-                        " VALUES (:cid, :uid, :channel, :title, :now, :now, 0)"
-                        " ON CONFLICT (conversation_id)"
-                        " DO UPDATE SET updated_at = conversations.updated_at"
-                        " RETURNING messages"
+                        " created_at, updated_at, messages, pending)"
+                        " VALUES (:cid, :uid, :channel, :title, :now, :now, 1, 1)"
+                        " ON CONFLICT (conversation_id) DO UPDATE SET"
+                        " messages = conversations.messages + 1,"
+                        " pending = conversations.pending + 1, updated_at = :now"
+                        " RETURNING messages, pending"
                     ),
                     params,
                 )
-            ).scalar_one()
+            ).one()
+            params["owner"] = self.owner if claim and pending == 1 else None
+            params["attempts"] = 0 if params["owner"] is None else 1
             row = (
                 await conn.execute(
                     text(
                         "INSERT INTO messages (conversation_id, message_id, user_id, channel,"
                         " text, meta, received_at, accepted_by, owner, claimed_at, attempts)"
                         " VALUES (:cid, :mid, :uid, :channel, :text, :meta, :now, :me,"
-                        f" CASE WHEN {head} THEN :me END, :now, CASE WHEN {head} THEN 1 ELSE 0 END)"
+                        " :owner, :now, :attempts)"
                         " ON CONFLICT (conversation_id, message_id) DO NOTHING"
                         f" RETURNING {_COLUMNS}"
                     ),
                     params,
                 )
             ).first()
-            if row is None:
+            if row is None:  # a repeat: undo the counts, return the message as it stands
+                await conn.execute(
+                    text(
+                        "UPDATE conversations SET messages = messages - 1,"
+                        " pending = pending - 1 WHERE conversation_id = :cid"
+                    ),
+                    params,
+                )
                 existing = (
                     await conn.execute(
                         text(
@@ -510,14 +540,7 @@ class Store:
                     )
                 ).one()
                 return Accepted(_turn(existing), created=False, first=False)
-            await conn.execute(
-                text(
-                    "UPDATE conversations SET messages = messages + 1, updated_at = :now"
-                    " WHERE conversation_id = :cid"
-                ),
-                params,
-            )
-        return Accepted(_turn(row), created=True, first=count == 0)
+        return Accepted(_turn(row), created=True, first=messages == 1)
 
     # -- answering ----------------------------------------------------------------------
 
@@ -567,10 +590,6 @@ class Store:
             "delivered": 1 if delivered else 0,
         }
         async with self._write() as conn:
-            await conn.execute(
-                text("UPDATE conversations SET updated_at = :now WHERE conversation_id = :cid"),
-                params,
-            )
             row = (
                 await conn.execute(
                     text(
@@ -585,6 +604,18 @@ class Store:
             ).first()
             if row is None:
                 return Completion(stored=False)
+            # The conversation's row lock orders this against a concurrent intake: either
+            # that message counts here (and is claimed below), or it saw this one answered
+            # and claimed itself.
+            left = (
+                await conn.execute(
+                    text(
+                        "UPDATE conversations SET pending = pending - 1, updated_at = :now"
+                        " WHERE conversation_id = :cid RETURNING pending"
+                    ),
+                    params,
+                )
+            ).scalar()
             turn = _turn(row)
             alive = turn.accepted_by == self.owner
             if turn.accepted_by is not None and not alive:
@@ -597,7 +628,7 @@ class Store:
                     ).scalar()
                 )
             following = None
-            if claim_next:
+            if claim_next and left:
                 following = (
                     await conn.execute(
                         text(
@@ -691,7 +722,7 @@ class Store:
             "lease": self.lease,
             "snapshot": json.dumps(snapshot or {}, default=str),
         }
-        async with self._write() as conn:
+        async with self._beat_write() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO instances (owner, instance_id, host_key, pid, started_at,"
@@ -709,6 +740,8 @@ class Store:
         A process killed with kill -9 on this host is noticed at once instead of after its
         lease; other hosts' processes are judged by their heartbeats alone.
         """
+        if not self._same_host_reaping:
+            return 0
         async with self._read() as conn:
             rows = (
                 await conn.execute(

@@ -51,16 +51,19 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("messages", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("pending", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_index("conversations_user", "conversations", ["user_id", "updated_at"])
     op.execute(
         """
         INSERT INTO conversations
-            (conversation_id, user_id, channel, title, created_at, updated_at, messages)
+            (conversation_id, user_id, channel, title, created_at, updated_at, messages,
+             pending)
         SELECT f.conversation_id, f.user_id, f.channel, substr(f.text, 1, 80),
-               agg.created_at, agg.updated_at, agg.n
+               agg.created_at, agg.updated_at, agg.n, agg.waiting
         FROM (SELECT conversation_id, MIN(seq) AS first_seq, MIN(received_at) AS created_at,
-                     MAX(COALESCE(answered_at, received_at)) AS updated_at, COUNT(*) AS n
+                     MAX(COALESCE(answered_at, received_at)) AS updated_at, COUNT(*) AS n,
+                     SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS waiting
               FROM messages GROUP BY conversation_id) AS agg
         JOIN messages AS f ON f.seq = agg.first_seq
         """
