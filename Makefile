@@ -39,6 +39,7 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.replicas
 	$(BIN)/livia bench
 
 # Regenerate the README's pictures (headless chromium, installed on first use).
