@@ -56,147 +56,194 @@ POOL_WAIT = 10.0
 USAGE_REFRESH = 5.0
 #: The wait a caller is told while Redis is unreachable (the gate re-asks after it).
 OUTAGE_WAIT = 1.0
+#: Most admissions (and, apart, hand-backs) one batch carries: bounds one script's run time.
+BATCH_MAX = 128
 
 _US = 1_000_000
 
 #: The admission script. Times are integer microseconds of the Redis server clock.
+#: In "batch" mode one call hands back slots, then admits several attempts in turn (each
+#: judged on the state the ones before it left): one round trip for many callers.
 ADMIT_LUA = """
 -- KEYS[1] leases ZSET (lease id -> expiry)   KEYS[2] pause STRING (paused until)
 -- KEYS[3] token reservations ZSET ("id|tokens" -> start)   KEYS[4] token sum STRING
 -- KEYS[5..] one ZSET per request window (lease id -> start)
--- ARGV[1] "acquire" | "estimate"   ARGV[2] lease id   ARGV[3] lease ttl
+-- ARGV[1] "acquire" | "estimate" | "batch"   ARGV[2] lease id   ARGV[3] lease ttl
 -- ARGV[4] max_concurrent   ARGV[5] ahead   ARGV[6] cost (tokens)
 -- ARGV[7] token limit (0 = off)   ARGV[8] token window length
 -- ARGV[7 + 2i], ARGV[8 + 2i]: limit and length of request window i
--- Returns {granted, wait, reason, in flight, tokens used, starts in window 1, ...}
--- reason: 0 none, 1 paused, 2 tokens, 3 slots (max_concurrent), 10 + i window i.
+-- "acquire" / "estimate" return {granted, wait, reason, in flight, tokens used, starts in
+-- window 1, ...}; reason: 0 none, 1 paused, 2 tokens, 3 slots (max_concurrent), 10 + i
+-- window i.
+-- "batch": after the windows, ARGV[b] = n, then n lease ids to release (each start moves
+-- to now, as RELEASE_LUA), then (lease id, cost) pairs to acquire. Returns {in flight,
+-- tokens used (-1: not read), starts in window 1 (-1), ..., then granted, wait, reason of
+-- each acquire in order}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local acquire = ARGV[1] == 'acquire'
-local id = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local max_concurrent = tonumber(ARGV[4])
-local ahead = tonumber(ARGV[5])
-local cost = tonumber(ARGV[6])
 local tok_limit = tonumber(ARGV[7])
 local tok_len = tonumber(ARGV[8])
 local nwin = #KEYS - 4
-local wait, reason = 0, 0
-
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > now then
-  wait, reason = paused - now, 1
-end
-
--- Request windows: the start `ahead` places back is held back by the latest known start
--- a whole number of windows before it (RequestWindow.wait_for, generalised).
-local counts = {}
-for i = 1, nwin do
-  local key = KEYS[4 + i]
-  local limit = tonumber(ARGV[7 + 2 * i])
-  local len = tonumber(ARGV[8 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - len)
-  local count = redis.call('ZCARD', key)
-  counts[i] = count
-  local rounds = math.floor(ahead / limit) + 1
-  local j = count + (ahead % limit) - limit
-  local w
-  if j >= 0 then
-    w = tonumber(redis.call('ZRANGE', key, j, j, 'WITHSCORES')[2]) + rounds * len - now
-  else
-    w = (rounds - 1) * len
-  end
-  if w > wait then
-    wait, reason = w, 10 + i
-  end
-end
 
 -- Tokens: reservations in the last minute and their running sum.
 local function amount(member)
   return tonumber(string.match(member, '|(%-?%d+)$')) or 0
 end
-local tok_used = 0
-if tok_limit > 0 then
-  local cutoff = now - tok_len
-  local freed = 0
-  repeat
-    local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cutoff, 'LIMIT', 0, 512)
-    for _, m in ipairs(old) do
-      freed = freed + amount(m)
-    end
-    if #old > 0 then
-      redis.call('ZREM', KEYS[3], unpack(old))
-    end
-  until #old < 512
-  local entries = redis.call('ZCARD', KEYS[3])
-  if entries == 0 then
-    redis.call('DEL', KEYS[4])
-  elseif freed ~= 0 then
-    tok_used = redis.call('DECRBY', KEYS[4], freed)
-  else
-    tok_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+
+local function admit(acquire, id, cost_arg, ahead)
+  local cost = tonumber(cost_arg)
+  local wait, reason = 0, 0
+
+  local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if paused > now then
+    wait, reason = paused - now, 1
   end
-  if entries > 0 and tok_used + cost > tok_limit then
-    local need = tok_used + cost - tok_limit
-    local acc, last, w, offset = 0, now, nil, 0
-    while w == nil do
-      local batch = redis.call('ZRANGE', KEYS[3], offset, offset + 511, 'WITHSCORES')
-      if #batch == 0 then
-        break
-      end
-      for k = 1, #batch, 2 do
-        acc = acc + amount(batch[k])
-        last = tonumber(batch[k + 1])
-        if acc >= need then
-          w = last + tok_len - now
-          break
-        end
-      end
-      offset = offset + 512
-    end
-    if w == nil then
-      w = last + tok_len - now
+
+  -- Request windows: the start `ahead` places back is held back by the latest known start
+  -- a whole number of windows before it (RequestWindow.wait_for, generalised).
+  local counts = {}
+  for i = 1, nwin do
+    local key = KEYS[4 + i]
+    local limit = tonumber(ARGV[7 + 2 * i])
+    local len = tonumber(ARGV[8 + 2 * i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - len)
+    local count = redis.call('ZCARD', key)
+    counts[i] = count
+    local rounds = math.floor(ahead / limit) + 1
+    local j = count + (ahead % limit) - limit
+    local w
+    if j >= 0 then
+      w = tonumber(redis.call('ZRANGE', key, j, j, 'WITHSCORES')[2]) + rounds * len - now
+    else
+      w = (rounds - 1) * len
     end
     if w > wait then
-      wait, reason = w, 2
+      wait, reason = w, 10 + i
     end
   end
+
+  local tok_used = 0
+  if tok_limit > 0 then
+    local cutoff = now - tok_len
+    local freed = 0
+    repeat
+      local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cutoff, 'LIMIT', 0, 512)
+      for _, m in ipairs(old) do
+        freed = freed + amount(m)
+      end
+      if #old > 0 then
+        redis.call('ZREM', KEYS[3], unpack(old))
+      end
+    until #old < 512
+    local entries = redis.call('ZCARD', KEYS[3])
+    if entries == 0 then
+      redis.call('DEL', KEYS[4])
+    elseif freed ~= 0 then
+      tok_used = redis.call('DECRBY', KEYS[4], freed)
+    else
+      tok_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+    end
+    if entries > 0 and tok_used + cost > tok_limit then
+      local need = tok_used + cost - tok_limit
+      local acc, last, w, offset = 0, now, nil, 0
+      while w == nil do
+        local batch = redis.call('ZRANGE', KEYS[3], offset, offset + 511, 'WITHSCORES')
+        if #batch == 0 then
+          break
+        end
+        for k = 1, #batch, 2 do
+          acc = acc + amount(batch[k])
+          last = tonumber(batch[k + 1])
+          if acc >= need then
+            w = last + tok_len - now
+            break
+          end
+        end
+        offset = offset + 512
+      end
+      if w == nil then
+        w = last + tok_len - now
+      end
+      if w > wait then
+        wait, reason = w, 2
+      end
+    end
+  end
+
+  -- Slots: leases not renewed in time belong to holders that died.
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local in_flight = redis.call('ZCARD', KEYS[1])
+  if reason == 0 and ahead == 0 and in_flight >= max_concurrent then
+    reason = 3
+  end
+
+  local granted = 0
+  if acquire then
+    if redis.call('ZSCORE', KEYS[1], id) then
+      -- A retried call whose first reply was lost: it was admitted already.
+      granted, wait, reason = 1, 0, 0
+      redis.call('ZADD', KEYS[1], now + ttl, id)
+    elseif reason == 0 then
+      granted = 1
+      redis.call('ZADD', KEYS[1], now + ttl, id)
+      redis.call('PEXPIRE', KEYS[1], math.floor(ttl / 1000) + 1000)
+      in_flight = in_flight + 1
+      for i = 1, nwin do
+        local key = KEYS[4 + i]
+        redis.call('ZADD', key, now, id)
+        redis.call('PEXPIRE', key, math.floor(tonumber(ARGV[8 + 2 * i]) / 1000) + 1000)
+        counts[i] = counts[i] + 1
+      end
+      if tok_limit > 0 then
+        local keep = math.floor(tok_len / 1000) + 1000
+        redis.call('ZADD', KEYS[3], now, id .. '|' .. cost_arg)
+        tok_used = redis.call('INCRBY', KEYS[4], cost)
+        redis.call('PEXPIRE', KEYS[3], keep)
+        redis.call('PEXPIRE', KEYS[4], keep)
+      end
+    end
+  end
+  return granted, wait, reason, in_flight, tok_used, counts
 end
 
--- Slots: leases not renewed in time belong to holders that died.
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local in_flight = redis.call('ZCARD', KEYS[1])
-if reason == 0 and ahead == 0 and in_flight >= max_concurrent then
-  reason = 3
-end
-
-local granted = 0
-if acquire then
-  if redis.call('ZSCORE', KEYS[1], id) then
-    -- A retried call whose first reply was lost: it was admitted already.
-    granted, wait, reason = 1, 0, 0
-    redis.call('ZADD', KEYS[1], now + ttl, id)
-  elseif reason == 0 then
-    granted = 1
-    redis.call('ZADD', KEYS[1], now + ttl, id)
-    redis.call('PEXPIRE', KEYS[1], math.floor(ttl / 1000) + 1000)
-    in_flight = in_flight + 1
+if ARGV[1] == 'batch' then
+  local b = 9 + 2 * nwin
+  local nrel = tonumber(ARGV[b])
+  for k = b + 1, b + nrel do
+    redis.call('ZREM', KEYS[1], ARGV[k])
     for i = 1, nwin do
-      local key = KEYS[4 + i]
-      redis.call('ZADD', key, now, id)
-      redis.call('PEXPIRE', key, math.floor(tonumber(ARGV[8 + 2 * i]) / 1000) + 1000)
-      counts[i] = counts[i] + 1
-    end
-    if tok_limit > 0 then
-      local keep = math.floor(tok_len / 1000) + 1000
-      redis.call('ZADD', KEYS[3], now, id .. '|' .. ARGV[6])
-      tok_used = redis.call('INCRBY', KEYS[4], cost)
-      redis.call('PEXPIRE', KEYS[3], keep)
-      redis.call('PEXPIRE', KEYS[4], keep)
+      redis.call('ZADD', KEYS[4 + i], 'XX', now, ARGV[k])
     end
   end
+  local head = {-1, -1}
+  for i = 1, nwin do
+    head[2 + i] = -1
+  end
+  local out = {}
+  for k = b + nrel + 1, #ARGV - 1, 2 do
+    local granted, wait, reason, in_flight, tok_used, counts = admit(true, ARGV[k], ARGV[k + 1], 0)
+    out[#out + 1] = granted
+    out[#out + 1] = wait
+    out[#out + 1] = reason
+    head[1], head[2] = in_flight, tok_used
+    for i = 1, nwin do
+      head[2 + i] = counts[i]
+    end
+  end
+  if #out == 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    head[1] = redis.call('ZCARD', KEYS[1])
+  end
+  for _, v in ipairs(out) do
+    head[#head + 1] = v
+  end
+  return head
 end
 
+local granted, wait, reason, in_flight, tok_used, counts =
+  admit(ARGV[1] == 'acquire', ARGV[2], ARGV[6], tonumber(ARGV[5]))
 local out = {granted, wait, reason, in_flight, tok_used}
 for i = 1, nwin do
   out[5 + i] = counts[i]
@@ -358,6 +405,15 @@ def _limits(policy: ApiPolicy) -> dict[str, int]:
 
 
 @dataclass(slots=True)
+class _Admit:
+    """An admission waiting for the next batch."""
+
+    lease_id: str
+    cost: int
+    future: asyncio.Future[tuple[int, int, int]]
+
+
+@dataclass(slots=True)
 class RedisLease:
     """A held slot: its lease id, and its entry in the token window (if tokens count)."""
 
@@ -407,6 +463,13 @@ class RedisLimiter:
         self.local: MemoryLimiter | None = None
         self._local_since = 0.0
         self._next_probe = 0.0
+        #: Admissions and hand-backs waiting for the next batch (`RedisBackend.batch`).
+        self._admits: list[_Admit] = []
+        self._releases: list[tuple[str, asyncio.Future[int] | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        #: Batches sent (one round trip each) and the admissions they carried.
+        self.batches = 0
+        self.batched_admits = 0
 
     async def _admit(self, mode: str, lease_id: str, cost: int, ahead: int) -> list[int]:
         args: list[int | str] = [
@@ -426,6 +489,89 @@ class RedisLimiter:
             self._used[name] = used
         return counts
 
+    # -- batching: one script call carries the hand-backs and admissions of many callers --
+
+    async def _admit_batched(self, lease_id: str, cost: int) -> tuple[int, int, int]:
+        """Admit through the next batch: (granted, wait µs, reason code)."""
+        future: asyncio.Future[tuple[int, int, int]] = asyncio.get_running_loop().create_future()
+        self._admits.append(_Admit(lease_id, cost, future))
+        self._kick()
+        return await future  # cancelled: the flusher skips it, or the caller hands it back
+
+    async def _release_batched(self, lease_id: str, wait: bool = True) -> int | None:
+        """Hand a lease back in the next batch; the slots in use once it is done."""
+        future = asyncio.get_running_loop().create_future() if wait else None
+        self._releases.append((lease_id, future))
+        self._kick()
+        return await future if future is not None else None
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = task = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"livia-redis-batch-{self.api}"
+            )
+            self.backend._tasks.add(task)
+            task.add_done_callback(self.backend._tasks.discard)
+
+    async def _flush(self) -> None:
+        """Send what is queued, one batch at a time (so a hand-back queued after an
+        admission always reaches Redis after it), until nothing is left.
+
+        Everyone waiting in a batch gets its answer: the result, or the error."""
+        while self._admits or self._releases:
+            admits = [a for a in self._admits[:BATCH_MAX] if not a.future.done()]
+            del self._admits[:BATCH_MAX]
+            releases = self._releases[:BATCH_MAX]
+            del self._releases[:BATCH_MAX]
+            if not admits and not releases:
+                continue
+            args: list[int | str] = [
+                "batch",
+                "",
+                round(self.backend.lease_ttl * _US),
+                self.adaptive.limit,
+                0,
+                0,
+                *self._policy_args,
+                len(releases),
+                *(lease_id for lease_id, _ in releases),
+            ]
+            for admit in admits:
+                args += [admit.lease_id, admit.cost]
+            try:
+                reply = await self.backend.call(self.backend.admit_script, self._keys, args)
+                values = [int(x) for x in reply]
+            except BaseException as exc:
+                waiting: list[asyncio.Future[Any]] = [a.future for a in admits]
+                waiting += [f for _, f in releases if f is not None]
+                for future in waiting:
+                    if not future.done():
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
+                            future.set_exception(exc)
+                if isinstance(exc, Exception):
+                    continue
+                raise
+            self.batches += 1
+            self.batched_admits += len(admits)
+            nwin = len(self._windows)
+            self._used["max_concurrent"] = values[0]
+            if values[1] >= 0:
+                self._used["tokens_per_minute"] = values[1]
+            for (name, _, _), used in zip(self._windows, values[2 : 2 + nwin], strict=True):
+                if used >= 0:
+                    self._used[name] = used
+            results = values[2 + nwin :]
+            for k, admit in enumerate(admits):
+                if not admit.future.done():
+                    admit.future.set_result(
+                        (results[3 * k], results[3 * k + 1], results[3 * k + 2])
+                    )
+            for _, done in releases:
+                if done is not None and not done.done():
+                    done.set_result(values[0])
+
     def _denial(self, wait_us: int, code: int) -> Denial:
         if code >= 10:
             reason = self._windows[code - 11][0]
@@ -439,7 +585,10 @@ class RedisLimiter:
             return await self._acquire_local(cost)
         lease_id = self.backend.new_lease_id()
         try:
-            granted, wait_us, code, *_ = await self._admit("acquire", lease_id, cost, 0)
+            if self.backend.batch:
+                granted, wait_us, code = await self._admit_batched(lease_id, cost)
+            else:
+                granted, wait_us, code, *_ = await self._admit("acquire", lease_id, cost, 0)
         except RedisUnavailable:
             self._release_later(lease_id)  # the script may have run before the reply was lost
             if not self.backend.reached:
@@ -561,6 +710,10 @@ class RedisLimiter:
 
     def _release_later(self, lease_id: str) -> None:
         """Hand back a lease whose grant never reached us (a no-op if it was not granted)."""
+        if self.backend.batch:
+            self._releases.append((lease_id, None))  # after any batch carrying its admission
+            self._kick()
+            return
         self.backend.background(self._release_id(lease_id))
 
     @property
@@ -583,6 +736,12 @@ class RedisLimiter:
         if not isinstance(lease, RedisLease):
             return
         self.held.pop(lease.id, None)
+        if self.backend.batch:
+            try:
+                await self._release_batched(lease.id)
+            except RedisUnavailable:
+                pass
+            return  # cancelled: it is in a batch already, and will be sent
         try:
             in_flight = await self.backend.call(
                 self.backend.release_script, self._release_keys, [lease.id]
@@ -710,10 +869,14 @@ class RedisBackend:
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         on_outage: str = "wait",
+        batch: bool = True,
     ) -> None:
         if on_outage not in ON_OUTAGE:
             raise ValueError(f'on_outage must be "wait" or "local", not {on_outage!r}')
         self.on_outage = on_outage
+        #: Admissions and hand-backs of concurrent callers share one script call (one round
+        #: trip) per upstream; False: one call each (for comparison).
+        self.batch = batch
         if lease_ttl <= 0:
             raise ValueError("lease_ttl must be positive")
         if timeout <= 0:
