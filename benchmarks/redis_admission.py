@@ -21,9 +21,14 @@ from tests.redis_server import find_redis_server, redis_server
 
 from livia.concurrency import ApiPolicy, ConcurrencyManager, MemoryBackend, RedisBackend
 
-POLICY = ApiPolicy(
-    max_concurrent=64, requests_per_minute=10**9, requests_per_hour=10**9, retry_attempts=1
-)
+#: (callers, slots): sequential; 64 callers that never wait; 64 callers queueing for 16 slots.
+CASES = ((1, 64), (64, 64), (64, 16))
+
+
+def policy(slots: int) -> ApiPolicy:
+    return ApiPolicy(
+        max_concurrent=slots, requests_per_minute=10**9, requests_per_hour=10**9, retry_attempts=1
+    )
 
 
 async def noop() -> int:
@@ -60,13 +65,13 @@ async def measure(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
     ]
     try:
         for name, make in backends:
-            for callers in (1, 64):
+            for callers, slots in CASES:
                 best, trips = 0.0, 0.0
                 for _ in range(repeats):
                     backend = make()
                     if isinstance(backend, RedisBackend):
                         await backend.connect()
-                    manager = ConcurrencyManager({"openai": POLICY}, backend=backend)
+                    manager = ConcurrencyManager({"openai": policy(slots)}, backend=backend)
                     await run_case(manager, callers, 200)  # warm up
                     before = await _script_calls(client)
                     rate = await run_case(manager, callers, calls)
@@ -76,7 +81,15 @@ async def measure(url: str, calls: int, repeats: int) -> list[dict[str, Any]]:
                         best = rate
                         done = max(1, calls // callers) * callers
                         trips = (after - before) / done if name != "memory" else 0.0
-                rows.append({"backend": name, "callers": callers, "per_s": best, "trips": trips})
+                rows.append(
+                    {
+                        "backend": name,
+                        "callers": callers,
+                        "slots": slots,
+                        "per_s": best,
+                        "trips": trips,
+                    }
+                )
     finally:
         await client.aclose()
     return rows
@@ -98,11 +111,12 @@ def main() -> None:
     with redis_server(binary) as server:
         rows = asyncio.run(measure(server.url, args.n, args.repeats))
     print(f"Admissions/s through manager.run (no-op), best of {args.repeats} × {args.n} calls:")
-    print(f"  {'backend':42s} {'callers':>7s} {'calls/s':>9s} {'µs/call':>8s} {'trips/call':>10s}")
+    head = f"{'backend':42s} {'callers':>7s} {'slots':>5s} {'calls/s':>9s} {'µs/call':>8s}"
+    print(f"  {head} {'trips/call':>10s}")
     for r in rows:
         trips = f"{r['trips']:.2f}" if r["backend"] != "memory" else "–"
         print(
-            f"  {r['backend']:42s} {r['callers']:7d} {r['per_s']:9.0f} "
+            f"  {r['backend']:42s} {r['callers']:7d} {r['slots']:5d} {r['per_s']:9.0f} "
             f"{1e6 / r['per_s']:8.1f} {trips:>10s}"
         )
     if args.json:

@@ -40,10 +40,13 @@ async def _script_calls(client: aioredis.Redis) -> int:
     )
 
 
-async def test_64_callers_share_round_trips_and_slots_hold(redis_url: str) -> None:
+@pytest.mark.parametrize("slots", [64, 16])
+async def test_64_callers_share_round_trips_and_slots_hold(redis_url: str, slots: int) -> None:
+    """64 callers that never wait, or queue for 16 slots (the pump admits several waiters
+    per round trip): fewer script calls than attempts, never more than `slots` at once."""
     backend = RedisBackend(redis_url, prefix=f"b{uuid.uuid4().hex[:8]}")
     await backend.connect()
-    manager = ConcurrencyManager({"x": ApiPolicy(max_concurrent=64)}, backend=backend)
+    manager = ConcurrencyManager({"x": ApiPolicy(max_concurrent=slots)}, backend=backend)
     client = aioredis.Redis.from_url(redis_url)
     probe = Probe(latency=0.001)
     try:
@@ -55,8 +58,8 @@ async def test_64_callers_share_round_trips_and_slots_hold(redis_url: str) -> No
 
         await asyncio.gather(*(caller() for _ in range(64)))
         trips = await _script_calls(client) - before
-        assert probe.peak <= 64
-        assert trips <= 64 * 20 / 2, f"{trips} script calls for 1280 attempts"
+        assert probe.peak <= slots
+        assert trips <= 64 * 20 * (0.5 if slots == 64 else 0.8), f"{trips} calls, 1280 attempts"
         assert await client.zcard(backend.key("x", "leases")) == 0  # every slot handed back
         limiter = _limiter(manager, "x")
         assert limiter.batches < limiter.batched_admits

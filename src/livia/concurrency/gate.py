@@ -180,30 +180,67 @@ class Gate:
 
     def _served(self, waiter: Waiter) -> None:
         queue = self._queues[waiter.key]
-        queue.popleft()
+        if queue[0] is waiter:
+            queue.popleft()
+        else:
+            queue.remove(waiter)
         if queue:
             self._queues.move_to_end(waiter.key)
         else:
             del self._queues[waiter.key]
 
+    def _upcoming(self, n: int) -> list[Waiter]:
+        """The next `n` waiters in the order round-robin serves them (the first is `_next`)."""
+        out: list[Waiter] = []
+        queues = list(self._queues.values())
+        depth = 0
+        while len(out) < n:
+            found = False
+            for queue in queues:
+                if depth < len(queue):
+                    found = True
+                    if not queue[depth].future.done():
+                        out.append(queue[depth])
+                        if len(out) == n:
+                            break
+            if not found:
+                break
+            depth += 1
+        return out
+
+    async def _admit(self, waiter: Waiter) -> Grant | Denial:
+        try:
+            return await self.limiter.acquire(waiter.cost)
+        except Exception as exc:  # e.g. a shared backend unreachable: keep trying, bounded
+            log.warning("admission failed api=%s: %s; retrying in %.0fs", self.api, exc, MAX_IDLE)
+            return Denial(MAX_IDLE, "backend unavailable")
+
     async def _pump(self) -> None:
         wake = self._wake
         assert wake is not None
         while (waiter := self._next()) is not None:
-            try:
-                result: Grant | Denial = await self.limiter.acquire(waiter.cost)
-            except Exception as exc:  # e.g. a shared backend unreachable: keep trying, bounded
-                log.warning(
-                    "admission failed api=%s: %s; retrying in %.0fs", self.api, exc, MAX_IDLE
-                )
-                result = Denial(MAX_IDLE, "backend unavailable")
-            if isinstance(result, Grant):
-                if waiter.future.done():  # its caller gave up while we asked
-                    await self.limiter.release(result)
-                    continue
-                self._served(waiter)
-                waiter.future.set_result(result)
+            # A shared limiter admits as many waiters as it last had free slots in one
+            # round trip (they are judged in turn, in round-robin order).
+            room = getattr(self.limiter, "room", None)
+            batch = self._upcoming(room()) if room is not None else [waiter]
+            if len(batch) > 1:
+                results = await asyncio.gather(*(self._admit(w) for w in batch))
+            else:
+                results = [await self._admit(waiter)]
+                batch = [waiter]
+            denial: Denial | None = None
+            for each, result in zip(batch, results, strict=True):
+                if isinstance(result, Grant):
+                    if each.future.done():  # its caller gave up while we asked
+                        await self.limiter.release(result)
+                        continue
+                    self._served(each)
+                    each.future.set_result(result)
+                elif denial is None:
+                    denial = result
+            if denial is None:
                 continue
+            result = denial
             if result.slot_only:
                 timeout = SHARED_POLL if self.limiter.shared else MAX_IDLE
             else:  # a known time (bounded by the window); releases and departures wake it

@@ -76,9 +76,9 @@ ADMIT_LUA = """
 -- window 1, ...}; reason: 0 none, 1 paused, 2 tokens, 3 slots (max_concurrent), 10 + i
 -- window i.
 -- "batch": after the windows, ARGV[b] = n, then n lease ids to release (each start moves
--- to now, as RELEASE_LUA), then (lease id, cost) pairs to acquire. Returns {in flight,
--- tokens used (-1: not read), starts in window 1 (-1), ..., then granted, wait, reason of
--- each acquire in order}.
+-- to now, as RELEASE_LUA), then (lease id, cost, ahead) triples: an acquire, or with lease
+-- id "" an estimate. Returns {in flight, tokens used (-1: not read), starts in window 1
+-- (-1), ..., then granted, wait, reason of each in order}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local ttl = tonumber(ARGV[3])
@@ -222,8 +222,9 @@ if ARGV[1] == 'batch' then
     head[2 + i] = -1
   end
   local out = {}
-  for k = b + nrel + 1, #ARGV - 1, 2 do
-    local granted, wait, reason, in_flight, tok_used, counts = admit(true, ARGV[k], ARGV[k + 1], 0)
+  for k = b + nrel + 1, #ARGV - 2, 3 do
+    local granted, wait, reason, in_flight, tok_used, counts =
+      admit(ARGV[k] ~= '', ARGV[k], ARGV[k + 1], tonumber(ARGV[k + 2]))
     out[#out + 1] = granted
     out[#out + 1] = wait
     out[#out + 1] = reason
@@ -408,8 +409,9 @@ def _limits(policy: ApiPolicy) -> dict[str, int]:
 class _Admit:
     """An admission waiting for the next batch."""
 
-    lease_id: str
+    lease_id: str  # "" for an estimate
     cost: int
+    ahead: int
     future: asyncio.Future[tuple[int, int, int]]
 
 
@@ -467,6 +469,7 @@ class RedisLimiter:
         self._admits: list[_Admit] = []
         self._releases: list[tuple[str, asyncio.Future[int] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._sending = False  # a caller sends a batch itself (nothing else was in flight)
         #: Batches sent (one round trip each) and the admissions they carried.
         self.batches = 0
         self.batched_admits = 0
@@ -491,21 +494,43 @@ class RedisLimiter:
 
     # -- batching: one script call carries the hand-backs and admissions of many callers --
 
-    async def _admit_batched(self, lease_id: str, cost: int) -> tuple[int, int, int]:
-        """Admit through the next batch: (granted, wait µs, reason code)."""
+    async def _admit_batched(
+        self, lease_id: str, cost: int, ahead: int = 0
+    ) -> tuple[int, int, int]:
+        """Admit (or with lease id "", estimate) through the next batch: (granted, wait µs,
+        reason code)."""
         future: asyncio.Future[tuple[int, int, int]] = asyncio.get_running_loop().create_future()
-        self._admits.append(_Admit(lease_id, cost, future))
-        self._kick()
+        self._admits.append(_Admit(lease_id, cost, ahead, future))
+        await self._send_or_queue()
         return await future  # cancelled: the flusher skips it, or the caller hands it back
 
     async def _release_batched(self, lease_id: str, wait: bool = True) -> int | None:
         """Hand a lease back in the next batch; the slots in use once it is done."""
         future = asyncio.get_running_loop().create_future() if wait else None
         self._releases.append((lease_id, future))
-        self._kick()
-        return await future if future is not None else None
+        if future is None:
+            self._kick()
+            return None
+        await self._send_or_queue()
+        return await future
+
+    async def _send_or_queue(self) -> None:
+        """Nothing in flight: send the batch from this task (no hop through the flusher);
+        otherwise it goes in the next batch."""
+        if self._sending or (self._flusher is not None and not self._flusher.done()):
+            self._kick()
+            return
+        self._sending = True
+        try:
+            await self._send_batch()
+        finally:
+            self._sending = False
+            if self._admits or self._releases:
+                self._kick()
 
     def _kick(self) -> None:
+        if self._sending:
+            return  # the sender kicks when it is done
         if self._flusher is None or self._flusher.done():
             self._flusher = task = asyncio.get_running_loop().create_task(
                 self._flush(), name=f"livia-redis-batch-{self.api}"
@@ -519,58 +544,60 @@ class RedisLimiter:
 
         Everyone waiting in a batch gets its answer: the result, or the error."""
         while self._admits or self._releases:
-            admits = [a for a in self._admits[:BATCH_MAX] if not a.future.done()]
-            del self._admits[:BATCH_MAX]
-            releases = self._releases[:BATCH_MAX]
-            del self._releases[:BATCH_MAX]
-            if not admits and not releases:
-                continue
-            args: list[int | str] = [
-                "batch",
-                "",
-                round(self.backend.lease_ttl * _US),
-                self.adaptive.limit,
-                0,
-                0,
-                *self._policy_args,
-                len(releases),
-                *(lease_id for lease_id, _ in releases),
-            ]
-            for admit in admits:
-                args += [admit.lease_id, admit.cost]
-            try:
-                reply = await self.backend.call(self.backend.admit_script, self._keys, args)
-                values = [int(x) for x in reply]
-            except BaseException as exc:
-                waiting: list[asyncio.Future[Any]] = [a.future for a in admits]
-                waiting += [f for _, f in releases if f is not None]
-                for future in waiting:
-                    if not future.done():
-                        if isinstance(exc, asyncio.CancelledError):
-                            future.cancel()
-                        else:
-                            future.set_exception(exc)
-                if isinstance(exc, Exception):
-                    continue
-                raise
-            self.batches += 1
-            self.batched_admits += len(admits)
-            nwin = len(self._windows)
-            self._used["max_concurrent"] = values[0]
-            if values[1] >= 0:
-                self._used["tokens_per_minute"] = values[1]
-            for (name, _, _), used in zip(self._windows, values[2 : 2 + nwin], strict=True):
-                if used >= 0:
-                    self._used[name] = used
-            results = values[2 + nwin :]
-            for k, admit in enumerate(admits):
-                if not admit.future.done():
-                    admit.future.set_result(
-                        (results[3 * k], results[3 * k + 1], results[3 * k + 2])
-                    )
-            for _, done in releases:
-                if done is not None and not done.done():
-                    done.set_result(values[0])
+            await self._send_batch()
+
+    async def _send_batch(self) -> None:
+        """Send one batch of what is queued (at most BATCH_MAX of each kind)."""
+        admits = [a for a in self._admits[:BATCH_MAX] if not a.future.done()]
+        del self._admits[:BATCH_MAX]
+        releases = self._releases[:BATCH_MAX]
+        del self._releases[:BATCH_MAX]
+        if not admits and not releases:
+            return
+        args: list[int | str] = [
+            "batch",
+            "",
+            round(self.backend.lease_ttl * _US),
+            self.adaptive.limit,
+            0,
+            0,
+            *self._policy_args,
+            len(releases),
+            *(lease_id for lease_id, _ in releases),
+        ]
+        for admit in admits:
+            args += [admit.lease_id, admit.cost, admit.ahead]
+        try:
+            reply = await self.backend.call(self.backend.admit_script, self._keys, args)
+            values = [int(x) for x in reply]
+        except BaseException as exc:
+            waiting: list[asyncio.Future[Any]] = [a.future for a in admits]
+            waiting += [f for _, f in releases if f is not None]
+            for future in waiting:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        self.batches += 1
+        self.batched_admits += len(admits)
+        nwin = len(self._windows)
+        self._used["max_concurrent"] = values[0]
+        if values[1] >= 0:
+            self._used["tokens_per_minute"] = values[1]
+        for (name, _, _), used in zip(self._windows, values[2 : 2 + nwin], strict=True):
+            if used >= 0:
+                self._used[name] = used
+        results = values[2 + nwin :]
+        for k, admit in enumerate(admits):
+            if not admit.future.done():
+                admit.future.set_result((results[3 * k], results[3 * k + 1], results[3 * k + 2]))
+        for _, done in releases:
+            if done is not None and not done.done():
+                done.set_result(values[0])
 
     def _denial(self, wait_us: int, code: int) -> Denial:
         if code >= 10:
@@ -614,7 +641,10 @@ class RedisLimiter:
         if self.local is not None:
             return await self.local.estimate(cost, ahead)
         try:
-            _, wait_us, code, *_ = await self._admit("estimate", "", cost, ahead)
+            if self.backend.batch:
+                _, wait_us, code = await self._admit_batched("", cost, ahead)
+            else:
+                _, wait_us, code, *_ = await self._admit("estimate", "", cost, ahead)
         except RedisUnavailable:
             if not self.backend.reached:
                 raise
@@ -810,6 +840,12 @@ class RedisLimiter:
                     lease_id,
                     self.api,
                 )
+
+    def room(self) -> int:
+        """Slots free as Redis last said (other processes may have taken some since)."""
+        if self.local is not None or not self.backend.batch:
+            return 1
+        return max(1, self.adaptive.limit - int(self._used["max_concurrent"]))
 
     def throttled(self) -> None:
         self.adaptive.throttled(int(self._used["max_concurrent"]))
