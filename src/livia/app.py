@@ -24,6 +24,7 @@ from livia.channels.guard import install_guard
 from livia.channels.history import history_router
 from livia.channels.http import api_router, install_error_handling
 from livia.channels.openai_compat import openai_router
+from livia.channels.uploads import files_router
 from livia.channels.web import web_router
 from livia.concurrency import ConcurrencyManager, build_manager_checked
 from livia.config import McpServerConfig, Settings
@@ -91,6 +92,8 @@ class Livia:
         used = {settings.llm.api, *(server.api for server in settings.mcp.servers)}
         if settings.slack.mode != "off":
             used.add(settings.slack.api)
+        # The file upstreams once configured (before that, once they have seen calls).
+        used.update(name for name in ("transcription", "images") if name in settings.apis)
         return frozenset(used)
 
 
@@ -239,6 +242,7 @@ def build_app(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -
         origins=settings.server.allowed_origins,
     )
     app.include_router(api_router())
+    app.include_router(files_router())
     app.include_router(history_router())
     app.include_router(openai_router())
     app.include_router(web_router())

@@ -29,6 +29,25 @@ from pydantic_settings import (
 
 from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy
 
+#: The default policies of the file upstreams (OpenAI's lower tiers: audio and image
+#: endpoints have limits of their own, far below chat's).
+FILE_POLICIES: dict[str, ApiPolicy] = {
+    "transcription": ApiPolicy(
+        max_concurrent=4,
+        requests_per_minute=50,
+        retry_attempts=3,
+        backoff_min=1.0,
+        backoff_max=30.0,
+    ),
+    "images": ApiPolicy(
+        max_concurrent=2,
+        requests_per_minute=5,
+        retry_attempts=3,
+        backoff_min=2.0,
+        backoff_max=60.0,
+    ),
+}
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what is wrong."""
@@ -203,6 +222,23 @@ class CoordinationConfig(_Section):
     on_outage: Literal["wait", "local"] = "wait"
 
 
+class FilesConfig(_Section):
+    """`[files]`: what people may send (images, audio, documents) and image generation."""
+
+    #: Most bytes one file may have; a larger one is refused with a sentence, not downloaded.
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    #: Most files one message may carry; the rest are refused with a sentence.
+    max_files: int = Field(default=10, ge=0)
+    #: The model `/audio/transcriptions` is asked for (under `[apis.transcription]`).
+    transcription_model: str = "whisper-1"
+    #: The model `/images/generations` is asked for (under `[apis.images]`).
+    image_model: str = "gpt-image-1"
+    #: The size generated images are asked for.
+    image_size: str = "1024x1024"
+    #: Where files sent over HTTP wait for their turn, and generated images are kept.
+    spool_dir: str = "var/files"
+
+
 class Settings(BaseSettings):
     """All of Livia's configuration, validated at start."""
 
@@ -220,6 +256,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -234,7 +271,7 @@ class Settings(BaseSettings):
 
     def policies(self) -> dict[str, ApiPolicy]:
         """The upstream policies: the reference defaults with `[apis.*]` applied on top."""
-        out = dict(DEFAULT_POLICIES)
+        out = {**DEFAULT_POLICIES, **FILE_POLICIES}
         for name, cfg in self.apis.items():
             out[name] = cfg.apply(out.get(name, ApiPolicy()))
         return out
@@ -324,7 +361,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     try:
         settings = cls(**overrides)
         for name, cfg in settings.apis.items():
-            cfg.apply(DEFAULT_POLICIES.get(name, ApiPolicy()))
+            cfg.apply({**DEFAULT_POLICIES, **FILE_POLICIES}.get(name, ApiPolicy()))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ValueError as exc:

@@ -43,6 +43,7 @@ from livia.agent.failures import ModelTimeout, StreamInterrupted
 from livia.agent.prompts import estimate_tokens
 from livia.concurrency import ConcurrencyManager
 from livia.config import LlmConfig, Settings
+from livia.files.images import url_tokens
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ class ModelClient:
 
     def estimate_cost(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any]) -> int:
         """Tokens this call may use: the prompt (messages and tool schemas) plus the output cap."""
-        prompt = estimate_tokens(list(messages)) + (estimate_tokens(list(tools)) if tools else 0)
-        return prompt + self.config.max_output_tokens
+        prompt = estimate_tokens([_without_images(m) for m in messages])
+        prompt += estimate_tokens(list(tools)) if tools else 0
+        return prompt + _image_tokens(messages) + self.config.max_output_tokens
 
     async def complete(
         self,
@@ -222,6 +224,27 @@ class ModelClient:
 
     def _request(self) -> httpx2.Request:
         return httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
+
+
+def _without_images(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with its image parts left out (they are counted by `_image_tokens`)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    kept = [p for p in content if not (isinstance(p, dict) and p.get("type") == "image_url")]
+    return {**message, "content": kept}
+
+
+def _image_tokens(messages: Sequence[dict[str, Any]]) -> int:
+    """The images' cost by OpenAI's tile formula (not by the length of their data URLs)."""
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url") or {}
+                total += url_tokens(str(image.get("url") or ""), str(image.get("detail") or "auto"))
+    return total
 
 
 def _after(seconds: float | None) -> float | None:

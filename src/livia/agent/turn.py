@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -20,11 +21,12 @@ from openai import AsyncOpenAI
 from livia.agent.events import TextDelta, ToolFinished, ToolStarted, TurnDone, TurnEvent
 from livia.agent.failures import model_failure
 from livia.agent.model import ModelClient, ModelReply, ToolCall, make_openai_client
-from livia.agent.prompts import build_messages, system_prompt
+from livia.agent.prompts import build_messages, estimate_tokens, system_prompt
 from livia.agent.toolbox import Toolbox, ToolOutcome
 from livia.concurrency import ConcurrencyManager
 from livia.config import Settings
 from livia.conversations.types import ChatMessage
+from livia.files import FileFailed, FileWork
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Agent:
         self.client = openai_client or make_openai_client(settings)
         self.model = ModelClient(settings.llm, manager, self.client)
         self.toolbox = toolbox or Toolbox(settings.mcp, manager)
+        #: Reads the files people send, draws images (each call through `manager`).
+        self.files = FileWork(settings, manager, self.client)
 
     async def start(self, wait: float = 10.0) -> None:
         """Connect the tool servers in the background (waiting at most `wait` s for them)."""
@@ -58,6 +62,7 @@ class Agent:
     async def aclose(self) -> None:
         """Close the tool sessions and the model client (if this agent created it)."""
         await self.toolbox.aclose()
+        await self.files.aclose()
         if self._owns_client:
             await self.client.close()
 
@@ -74,15 +79,48 @@ class Agent:
         return self.toolbox.tools
 
     async def respond(
-        self, history: Sequence[ChatMessage], text: str, *, key: str
+        self,
+        history: Sequence[ChatMessage],
+        text: str,
+        *,
+        key: str,
+        files: Sequence[Mapping[str, Any]] = (),
     ) -> AsyncIterator[TurnEvent]:
-        """Answer `text` given `history`, streaming events (see the module doc for the order)."""
+        """Answer `text` given `history`, streaming events (see the module doc for the order).
+
+        `files` are the message's file references (`livia.files.refs`): images join the
+        user's message as ``image_url`` parts, transcripts and documents' text as text; the
+        reply starts with what was heard and what was refused or cut.
+        """
         llm = self.settings.llm
+        reply_text = ""
+        usage: dict[str, int] = {}
+        drawing = _DRAW.match(text) if not files else None
+        if drawing is not None:
+            async for event in self._draw(drawing.group("what"), key=key):
+                yield event
+            return
+        content: str | list[dict[str, Any]] = text
+        if files:
+            budget = max(256, llm.history_tokens // 2 - estimate_tokens(text))
+            prepared = await self.files.prepare(files, key=key, budget_tokens=budget)
+            if prepared.notes:
+                reply_text = "\n\n".join(prepared.notes) + "\n\n"
+                yield TextDelta(reply_text)
+            if prepared.transcripts and text.startswith(PLACEHOLDER_PREFIX):
+                text = "(a voice message; answer what it says)"
+            words = "\n\n".join([text, *prepared.context])
+            content = words
+            if prepared.images:
+                content = [{"type": "text", "text": words}, *prepared.images]
+            elif not prepared.context and text.startswith(PLACEHOLDER_PREFIX):
+                yield TurnDone(reply_text.rstrip(), usage=usage)  # nothing left to answer
+                return
         messages = build_messages(
             system_prompt(llm.system_prompt), history, text, budget=llm.history_tokens
         )
-        reply_text = ""
-        usage: dict[str, int] = {}
+        if content is not text:
+            messages[-1]["content"] = content
         for step in range(llm.max_steps):
             final = step == llm.max_steps - 1
             tools = self.toolbox.openai_tools()
@@ -125,6 +163,19 @@ class Agent:
         log.warning("turn %s: stopped at the step limit (%d)", key, llm.max_steps)
         yield TextDelta(apology)
         yield TurnDone(reply_text + apology, error="step_limit", usage=usage)
+
+    async def _draw(self, what: str, *, key: str) -> AsyncIterator[TurnEvent]:
+        """Draw `what` under `[apis.images]`; the reply shows the image (``/v1/files/...``)."""
+        what = what.strip().rstrip(".!")
+        try:
+            name = await self.files.draw(what, key=key)
+        except FileFailed as exc:
+            yield TextDelta(str(exc))
+            yield TurnDone(str(exc), error="image_failed")
+            return
+        text = f"Here is {what}:\n\n![{_alt(what)}](/v1/files/{name})"
+        yield TextDelta(text)
+        yield TurnDone(text, usage={"images": 1})
 
     async def answer(self, history: Sequence[ChatMessage], text: str, *, key: str) -> TurnDone:
         """Run a whole turn and return its `TurnDone` (for callers that do not stream)."""
@@ -209,6 +260,17 @@ class Agent:
             )
 
 
+#: Text a message with files but no words of its own gets from its channel.
+PLACEHOLDER_PREFIX = "(sent "
+
+#: "draw a cat", "Draw me a lighthouse at dusk", "generate an image of ...": Livia draws.
+_DRAW = re.compile(
+    r"^\s*(?:please\s+)?(?:draw|sketch|paint|(?:generate|create|make)\s+(?:me\s+)?"
+    r"(?:an?\s+)?(?:image|picture|drawing|illustration)\s+of)\s+(?:me\s+)?(?P<what>\S.*)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def _assistant_message(reply: ModelReply) -> dict[str, Any]:
     """The assistant's tool-calling message, as it goes back to the model."""
     return {
@@ -223,6 +285,11 @@ def _assistant_message(reply: ModelReply) -> dict[str, Any]:
             for call in reply.tool_calls
         ],
     }
+
+
+def _alt(text: str) -> str:
+    """`text` as a Markdown image's alt text (no brackets, one line, short)."""
+    return re.sub(r"[\[\]\n\r]+", " ", text)[:120]
 
 
 def _parse_arguments(raw: str) -> dict[str, Any] | None:

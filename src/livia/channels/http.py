@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +35,14 @@ from livia import __version__
 from livia.agent.events import TurnDone, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
 from livia.channels.errors import ApiError, error_response, errors
+from livia.channels.uploads import (
+    Attachment,
+    body_room,
+    decode,
+    read_json_body,
+    read_multipart,
+    spool,
+)
 from livia.conversations import (
     Busy,
     ConversationError,
@@ -64,7 +79,11 @@ class ChatRequest(BaseModel):
         description="Who speaks. Required, except with a user key: then the key's user "
         "(naming another user is a 403).",
     )
-    text: str
+    text: str = Field(default="", description="What the user says (may be empty with files)")
+    attachments: list[Attachment] = Field(
+        default_factory=list,
+        description="Files (images, audio, documents); or send multipart with `file` fields",
+    )
     message_id: str | None = Field(
         default=None,
         min_length=1,
@@ -75,12 +94,22 @@ class ChatRequest(BaseModel):
         default=False, description="Stream the reply as server-sent events (like Accept)"
     )
 
+    #: Files a multipart request carried (its fields are parsed as this model).
+    attachments_count: int = Field(default=0, exclude=True, json_schema_extra={"hidden": True})
+
     @field_validator("text")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text must not be empty")
         return valid_unicode(value)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ChatRequest:
+        files = len(self.attachments) + self.attachments_count
+        if not self.text.strip():
+            if not files:
+                raise ValueError("text must not be empty (send text, files, or both)")
+            self.text = f"(sent {files} file{'s' if files != 1 else ''})"
+        return self
 
     @field_validator("conversation_id", "user_id", "message_id")
     @classmethod
@@ -230,16 +259,25 @@ def api_router() -> APIRouter:
         principal = await authenticate(request)  # before the body is read
         livia = _state(request)
         limit = livia.settings.server.max_text_bytes
-        body = await _read_body(request, limit * 6 + _BODY_SLACK)
+        uploads = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body, uploads = await read_multipart(request, livia.settings.files)
+        else:
+            room = body_room(livia.settings.files)
+            body = await read_json_body(request, limit * 6 + _BODY_SLACK, room)
         req = _parse_chat(body, limit, named=principal.user_id is None)
         user_id = act_as(principal, req.user_id)
         await may_write(livia, principal, req.conversation_id, user_id, "http", req.text)
+        if uploads is None:
+            uploads = decode(req.attachments, livia.settings.files)
+        files = await spool(livia, uploads)
         msg = IncomingMessage(
             conversation_id=req.conversation_id,
             user_id=user_id,
             text=req.text,
             message_id=req.message_id or uuid.uuid4().hex,
             channel="http",
+            meta={"files": files} if files else {},
         )
         stream = req.stream or "text/event-stream" in request.headers.get("accept", "")
         log.info(

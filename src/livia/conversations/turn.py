@@ -75,7 +75,9 @@ async def _run_turn(
     done: TurnDone | None = None  # the responder's own
     try:
         async with asyncio.timeout(timeout):
-            async for event in responder.respond(history, msg.text, key=msg.user_id):
+            files = msg.meta.get("files") if msg.meta else None
+            extra = {"files": files} if files else {}  # only responders that read files
+            async for event in responder.respond(history, msg.text, key=msg.user_id, **extra):
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
                 elif isinstance(event, TurnDone):

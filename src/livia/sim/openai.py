@@ -37,6 +37,7 @@ from livia.sim._serving import BACKLOG, SimServer, base_url, bind_socket
 from livia.sim._stats import SimConfigMixin, SimStatsMixin, wants_timeline, zero_counts
 from livia.sim.latency import Latency
 from livia.sim.limits import SlidingWindow, format_duration
+from livia.sim.media import SimEndpoint, SimEndpointLimits, acknowledge, generations, transcriptions
 from livia.sim.replies import Reply, completion_tokens, compose_reply, prompt_tokens
 from livia.sim.timeline import Timeline
 
@@ -90,6 +91,9 @@ class SimOpenAIConfig(SimConfigMixin):
     max_timeline: int = 100_000
     #: Keep the bodies of the last this-many chat requests (`requests`, `GET /sim/requests`).
     record: int = 0
+    #: Limits of `POST /v1/audio/transcriptions` and `POST /v1/images/generations`.
+    transcription: SimEndpointLimits = field(default_factory=SimEndpointLimits)
+    images: SimEndpointLimits = field(default_factory=SimEndpointLimits)
 
     def __post_init__(self) -> None:
         self._check_limits(
@@ -206,6 +210,7 @@ class _Call:
         stream = bool(body.get("stream"))
         max_out = body.get("max_completion_tokens") or body.get("max_tokens")
         reply = compose_reply(body["messages"], body.get("tools"), body.get("tool_choice"))
+        reply = acknowledge(body["messages"], reply)
         reply = reply.limited_to(max_out if isinstance(max_out, int) else None)
         return cls(
             model=str(body["model"]),
@@ -251,6 +256,9 @@ class SimOpenAI(SimServer):
         self._runner: web.AppRunner | None = None
         #: The last `config.record` chat request bodies, oldest first.
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.record)
+        #: The media endpoints (`livia.sim.media`), with their own limits and counters.
+        self.transcription = SimEndpoint("transcriptions", cfg.transcription)
+        self.images = SimEndpoint("images", cfg.images)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -261,6 +269,8 @@ class SimOpenAI(SimServer):
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/images/generations", self._generations)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/sim/stats", self._stats)
         app.router.add_get("/sim/requests", self._requests)
@@ -299,6 +309,8 @@ class SimOpenAI(SimServer):
         if self._tokens is not None:
             self._tokens.clear()
         self._rng.seed(self.config.seed)
+        self.transcription.reset()
+        self.images.reset()
 
     def snapshot(self, *, timeline: bool = True) -> dict[str, Any]:
         """What `GET /sim/stats` returns: counters, limits, window usage and the timeline."""
@@ -317,6 +329,8 @@ class SimOpenAI(SimServer):
         }
         if self._tokens is not None:
             out["windows"]["tokens_last_min"] = self._tokens.used(now)
+        out["transcriptions"] = self.transcription.snapshot()
+        out["images"] = self.images.snapshot()
         return out
 
     # --- admission ---------------------------------------------------------------------
@@ -607,6 +621,33 @@ class SimOpenAI(SimServer):
             status=400,
             dumps=wire.dumps,
         )
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        endpoint = self.transcription
+        return await endpoint.serve(
+            request,
+            self._rng,
+            self._media_latency,
+            self._faults(),
+            lambda: transcriptions(endpoint, request),
+        )
+
+    async def _generations(self, request: web.Request) -> web.StreamResponse:
+        endpoint = self.images
+        return await endpoint.serve(
+            request,
+            self._rng,
+            self._media_latency,
+            self._faults(),
+            lambda: generations(endpoint, request),
+        )
+
+    def _media_latency(self) -> float:
+        return self._latency.sample(self._rng)
+
+    def _faults(self) -> tuple[float, float, float]:
+        cfg = self.config
+        return cfg.drop_rate, cfg.timeout_rate, cfg.fail_rate
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(wire.models_body(self.config.models, _CREATED), dumps=wire.dumps)

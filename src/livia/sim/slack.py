@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 
+from livia.sim.slack_files import SimSlackFiles
+
 __all__ = ["SimCall", "SimMessage", "SimSlack", "sign_request"]
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,9 @@ class SimSlack:
             "assistant.threads.setStatus": self._set_status,
             "conversations.replies": self._replies,
         }
+        #: Shared files, downloads and uploads (`livia.sim.slack_files`).
+        self.files = SimSlackFiles(self)
+        self._handlers.update(self.files.handlers())
 
     # -- server -------------------------------------------------------------------------
 
@@ -176,6 +181,7 @@ class SimSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket-mode/{ticket}", self._socket_mode)
+        self.files.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -473,6 +479,53 @@ class SimSlack:
         )
         await self._notify()
         return web.json_response(payload, status=status, headers=headers)
+
+    def file_share(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        files: list[dict[str, Any]],
+        *,
+        thread_ts: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A message with file shares mentioning Livia: the `app_mention` and the
+        `message` (subtype file_share) bodies Slack sends, both with the same files."""
+        body = self.message_event(
+            channel, user, text, kind="app_mention", thread_ts=thread_ts, files=files
+        )
+        ts = body["event"]["ts"]
+        twin = self.message_event(
+            channel, user, text, thread_ts=thread_ts, ts=ts, subtype="file_share", files=files
+        )
+        return body, twin
+
+    def _record(
+        self, method: str, args: dict[str, Any], status: int, payload: Mapping[str, Any]
+    ) -> None:
+        self.calls.append(
+            SimCall(
+                method=method,
+                args=args,
+                at=time.monotonic(),
+                status=status,
+                error=None if payload.get("ok") else str(payload.get("error")),
+            )
+        )
+
+    def _answer_fault(self, method: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A planned fault's answer for `method`, or (0, {}, {}) when none is due."""
+        faults = self._faults.get(method)
+        if faults:
+            fault = faults[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                faults.pop(0)
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(max(0, round(fault.retry_after)))
+            return fault.status, {"ok": False, "error": fault.error}, headers
+        return 0, {}, {}
 
     def _answer(
         self, method: str, args: dict[str, Any], token: str

@@ -100,3 +100,14 @@ class SlackApi:
         return await self._manager.run(
             self._api, operation, key=key, deadline=deadline, name=method
         )
+
+    async def run(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        *,
+        key: str | None = None,
+        deadline: float | None = None,
+        name: str | None = None,
+    ) -> T:
+        """Run any other call to Slack (an upload, a download) on the same upstream."""
+        return await self._manager.run(self._api, operation, key=key, deadline=deadline, name=name)

@@ -41,6 +41,7 @@ from livia.channels.slack.handling import (
 from livia.channels.slack.memory import InMemorySlackMemory, SlackMemory, StoreSlackMemory
 from livia.channels.slack.socket import SocketModeHandler
 from livia.channels.slack.streaming import Capabilities, ReplyStream, post_reply
+from livia.channels.slack.uploads import DRAWN, upload_file
 from livia.config import Settings
 from livia.conversations import (
     ConversationError,
@@ -51,6 +52,7 @@ from livia.conversations import (
     Ticket,
 )
 from livia.conversations.locks import KeyedLocks
+from livia.files import Spool, slack_refs
 
 if TYPE_CHECKING:
     from livia.store import Store
@@ -532,7 +534,40 @@ class SlackChannel:
             await stream.finish(LATE, error="late")
             return None
         await stream.finish(reply.text, reply.error)
+        await self._upload_drawn(msg, reply.text)
         return reply
+
+    async def _upload_drawn(self, msg: SlackMessage, text: str) -> None:
+        """Post the images Livia drew for this reply (``/v1/files/generated/...``) into the
+        thread: files.getUploadURLExternal, the bytes, files.completeUploadExternal."""
+        for alt, name in DRAWN.findall(text):
+            path = Spool(self.settings.files.spool_dir).path(name)
+            if path is None:
+                continue
+            data = await asyncio.to_thread(path.read_bytes)
+            try:
+                await upload_file(
+                    self.api,
+                    data,
+                    filename=path.name,
+                    title=alt or "image",
+                    channel=msg.channel,
+                    thread_ts=msg.thread_root,
+                    key=msg.user,
+                )
+            except Exception as exc:
+                log.warning(
+                    "slack image upload failed: channel=%s thread=%s error=%s",
+                    msg.channel,
+                    msg.thread_root,
+                    error_code(exc) or type(exc).__name__,
+                )
+                await post_reply(
+                    self.api,
+                    msg.target,
+                    "Sorry, I drew the image but couldn't upload it to Slack "
+                    "(does the app have the files:write scope?).",
+                )
 
     async def _take(
         self, msg: SlackMessage, me: SlackIdentity
@@ -586,7 +621,8 @@ class SlackChannel:
         await stream.begin()
         try:
             history = await self._thread_history(msg, me) if msg.in_thread and not known else []
-            incoming = to_incoming(msg, bot_user_id=me.user_id, history=history)
+            files = slack_refs(msg.files, self.settings.files) if msg.files else None
+            incoming = to_incoming(msg, bot_user_id=me.user_id, history=history, files=files)
             ticket = await self._conversations.accept(incoming, on_event=stream.on_event)
         except asyncio.CancelledError:
             stream.cancel()

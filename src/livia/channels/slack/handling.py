@@ -67,6 +67,8 @@ class SlackMessage:
     client_msg_id: str | None
     subtype: str | None = None
     bot_id: str | None = None
+    #: The message's file shares, as Slack sent them (name, mimetype, size, url_private...).
+    files: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def thread_root(self) -> str:
@@ -123,6 +125,7 @@ def parse_event(body: Mapping[str, Any]) -> SlackMessage | None:
         client_msg_id=str(event["client_msg_id"]) if event.get("client_msg_id") else None,
         subtype=str(event["subtype"]) if event.get("subtype") else None,
         bot_id=str(event["bot_id"]) if event.get("bot_id") else None,
+        files=tuple(f for f in event.get("files") or () if isinstance(f, Mapping)),
     )
 
 
@@ -170,8 +173,10 @@ def to_incoming(
     *,
     bot_user_id: str,
     history: list[dict[str, str]] | None = None,
+    files: list[dict[str, Any]] | None = None,
 ) -> IncomingMessage:
-    """The conversations layer's view of `msg`; `meta` holds what delivery needs later."""
+    """The conversations layer's view of `msg`; `meta` holds what delivery needs later,
+    and `files` the references of its file shares (`livia.files.slack_refs`)."""
     meta: dict[str, Any] = {
         "team": msg.team,
         "channel": msg.channel,
@@ -183,10 +188,13 @@ def to_incoming(
     }
     if history:
         meta["prior_history"] = history
+    if files:
+        meta["files"] = files
+    empty = f"(sent {len(files)} file{'s' if len(files) != 1 else ''})" if files else ""
     return IncomingMessage(
         conversation_id=msg.conversation_id,
         user_id=msg.user,
-        text=clean_text(msg.text, bot_user_id) or "(empty message)",
+        text=clean_text(msg.text, bot_user_id) or empty or "(empty message)",
         message_id=msg.message_id,
         channel="slack",
         meta=meta,

@@ -38,14 +38,28 @@ _HELD = re.compile("\x00(\\d+)\x00")
 _BOLD_OPEN, _BOLD_CLOSE = "\x01", "\x02"
 
 
+_OWN_IMAGE = re.compile(r"!\[[^\]]*\]\(/v1/files/[^)\s]+\)")
+
+
+def strip_own_images(markdown: str) -> str:
+    """`markdown` without the images Livia drew (they are uploaded into the thread)."""
+    if "/v1/files/" not in markdown:
+        return markdown
+    return _OWN_IMAGE.sub("", markdown).rstrip()
+
+
 def escape(text: str) -> str:
     """Escape the three characters Slack reserves for its own markup."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_mrkdwn(markdown: str) -> str:
-    """Convert Markdown to Slack mrkdwn; code blocks and inline code are kept verbatim."""
+    """Convert Markdown to Slack mrkdwn; code blocks and inline code are kept verbatim.
+
+    Images Livia drew (``![alt](/v1/files/...)``) are left out: they are uploaded into
+    the thread as files."""
     out: list[str] = []
+    markdown = strip_own_images(markdown)
     lines = markdown.replace("\r\n", "\n").split("\n")
     fence: str | None = None
     i = 0

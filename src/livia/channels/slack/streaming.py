@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from livia.agent.events import TextDelta, ToolFinished, ToolStarted, TurnEvent
 from livia.channels.slack.api import SlackApi, error_code
 from livia.channels.slack.handling import Target
-from livia.channels.slack.mrkdwn import split_text, to_mrkdwn
+from livia.channels.slack.mrkdwn import split_text, strip_own_images, to_mrkdwn
 
 __all__ = ["UNSUPPORTED_ERRORS", "Capabilities", "ReplyStream", "post_reply"]
 
@@ -197,7 +197,7 @@ class ReplyStream:
     async def on_event(self, event: TurnEvent) -> None:
         """An `EventSink`: buffer the event and wake the pump (returns at once)."""
         if isinstance(event, TextDelta):
-            self._text += event.text
+            self._text += strip_own_images(event.text)
         elif isinstance(event, ToolStarted):
             self._tool = event.tool
         elif isinstance(event, ToolFinished):
@@ -208,7 +208,7 @@ class ReplyStream:
 
     async def finish(self, text: str, error: str | None = None) -> None:
         """Write the final reply (`text` is the whole reply, or the apology when `error`)."""
-        self._final = (text or NO_ANSWER, error)
+        self._final = (strip_own_images(text) or NO_ANSWER, error)
         self._done.set()
         self._wake.set()
         if self._task is None:
