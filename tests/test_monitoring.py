@@ -121,7 +121,16 @@ def test_stats_shape(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"instance", "scope", "upstreams", "conversations", "tools", "demo", "time"}
+    assert set(body) == {
+        "instance",
+        "scope",
+        "upstreams",
+        "conversations",
+        "tools",
+        "loop",
+        "demo",
+        "time",
+    }
     assert body["upstreams"]["openai"] == UPSTREAM
     assert body["conversations"] == CONVERSATIONS
     assert body["tools"] == TOOLS

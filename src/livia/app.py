@@ -31,6 +31,7 @@ from livia.config import McpServerConfig, Settings
 from livia.conversations import Conversations
 from livia.identity import Identity
 from livia.monitoring import monitoring_router
+from livia.monitoring.loop_lag import LoopLag
 from livia.monitoring.snapshot import snapshot as stats_snapshot
 from livia.store import Store
 
@@ -72,6 +73,8 @@ class Livia:
     simulators: dict[str, Any] = field(default_factory=dict)
     #: Who a request comes from: the operator's token, users' keys (built on first use).
     identity: Identity | None = None
+    #: How late the event loop runs (`/stats` "loop", `/metrics`).
+    loop_lag: LoopLag | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -173,7 +176,9 @@ async def run_livia(
             notice=DEMO_NOTICE if demo else None,
             simulators=simulators,
             identity=Identity(store, settings.server.api_token.get_secret_value()),
+            loop_lag=LoopLag().start(),
         )
+        stack.callback(livia.loop_lag.stop if livia.loop_lag else lambda: None)
         if settings.slack.mode != "off":
             from livia.channels.slack import SlackChannel
 

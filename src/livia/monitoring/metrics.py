@@ -17,7 +17,12 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from livia.monitoring.snapshot import conversation_stats, tool_status, upstream_stats
+from livia.monitoring.snapshot import (
+    conversation_stats,
+    loop_stats,
+    tool_status,
+    upstream_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,7 @@ class LiviaCollector(Collector):
         yield from self._upstreams(upstream_stats(state))
         yield from self._conversations(conversation_stats(state))
         yield from self._tools(tool_status(state))
+        yield from self._loop(loop_stats(state))
         demo = GaugeMetricFamily("livia_demo_mode", "1 when answers come from the simulator.")
         demo.add_metric([], 1.0 if getattr(state, "demo", False) else 0.0)
         yield demo
@@ -215,6 +221,18 @@ class LiviaCollector(Collector):
                 extra = GaugeMetricFamily(name, f"conversations stats: {key}")
                 extra.add_metric([], v)
                 yield extra
+
+    @staticmethod
+    def _loop(stats: Mapping[str, Any]) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "livia_event_loop_lag_seconds",
+            "How late the event loop ran its timers, over the last minute.",
+            labels=["quantile"],
+        )
+        for quantile, key in (("0.5", "lag_p50_ms"), ("0.99", "lag_p99_ms"), ("1", "lag_max_ms")):
+            if (v := _number(stats.get(key))) is not None:
+                lag.add_metric([quantile], v / 1000)
+        yield lag
 
     @staticmethod
     def _tools(status: Any) -> Iterator[Metric]:

@@ -83,6 +83,12 @@ def tool_status(state: object) -> Any:
     return raw if raw is not None else {}
 
 
+def loop_stats(state: object) -> dict[str, Any]:
+    """The event loop's lag (`livia.monitoring.loop_lag.LoopLag.stats`), empty when absent."""
+    raw = _call(getattr(state, "loop_lag", None), "stats")
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
 def scrubbed(value: Any) -> Any:
     """A JSON-ready `value` with every string scrubbed (`livia.logs.scrub`): no key, token
     or URL path (an MCP URL may carry its key) reaches `/stats` or the dashboard."""
@@ -115,6 +121,7 @@ def snapshot(state: object) -> dict[str, Any]:
                 "upstreams": upstream_stats(state),
                 "conversations": conversation_stats(state),
                 "tools": tool_status(state),
+                "loop": loop_stats(state),
                 "demo": bool(getattr(state, "demo", False)),
                 "time": time.time(),
             }
