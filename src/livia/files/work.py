@@ -150,10 +150,11 @@ class FileWork:
             if doc.cut:
                 shown = f"the first {len(doc.text):,} of {doc.total_chars:,} characters"
                 if doc.pages:
-                    shown += f" (pages 1–{doc.pages_read} of {doc.pages})"
+                    read = f"pages 1–{doc.pages_read}" if doc.pages_read > 1 else "page 1"
+                    shown += f" ({read} of {doc.pages})"
                 note = f"📄 {name} is long: I read {shown}; the rest was cut to fit."
                 out.notes.append(note)
-                header += f" (cut to fit: {shown})"
+                header += f" — cut to fit, {shown}"
             out.context.append(f"{header}:\n{doc.text}")
 
     async def _one(self, ref: Mapping[str, Any], *, key: str) -> tuple[Any, ...]:

@@ -213,7 +213,7 @@ def _bad(message: str, param: str | None = None) -> web.Response:
     )
 
 
-_DOCUMENT = re.compile(r"^Text of the document (.+?)(?: \(cut to fit[^)]*\))?:$", re.MULTILINE)
+_DOCUMENT = re.compile(r"^Text of the document (.+?)(?: — cut to fit.*)?:$", re.MULTILINE)
 
 
 def acknowledge(messages: Sequence[Mapping[str, Any]], reply: Reply) -> Reply:

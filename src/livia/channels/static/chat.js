@@ -79,6 +79,10 @@
   const knownServers = new Set(); // tool servers ("zapier"), to show zapier__x as zapier.x
   const probe = { sent: 0, replies: 0, errors: 0, lastEvent: "", listed: false, loads: 0, polls: 0 };
   window.liviaChat = probe; // read by the browser tests
+  /** Files waiting in the composer: {name, content_type, data (a data: URL), size}. */
+  let pending = [];
+  const payloads = new WeakMap(); // user message -> its attachments, as sent (not cached)
+  const KEEP_PREVIEW = 200 * 1024; // an image preview up to this size is kept with the message
 
   const saved = (c) => ({
     id: c.id,
@@ -274,7 +278,7 @@
       actions.append(retry);
       bubble.append(el("div", "tools"), el("div", "content"), el("div", "status"), el("div", "error"), actions);
     } else {
-      bubble.append(el("div", "text"), el("div", "meta"));
+      bubble.append(el("div", "files"), el("div", "text"), el("div", "meta"));
     }
     node.append(bubble);
     nodes.set(msg, node);
@@ -296,7 +300,19 @@
     node.dataset.state = msg.state || "done";
     const bubble = node.querySelector(".bubble");
     if (msg.role === "user") {
-      bubble.querySelector(".text").textContent = msg.text;
+      const sent = payloads.get(msg) || [];
+      bubble.querySelector(".files").replaceChildren(...(msg.files || []).map((f, i) => {
+        const src = (sent[i] && sent[i].data) || f.preview || "";
+        if (src.startsWith("data:image/")) {
+          const img = el("img", "attachment");
+          img.src = src;
+          img.alt = f.name;
+          img.title = f.name;
+          return img;
+        }
+        return el("span", "chip-file", f.name);
+      }));
+      bubble.querySelector(".text").textContent = msg.files && msg.files.length && /^\(sent \d+ files?\)$/.test(msg.text) ? "" : msg.text;
       const meta = bubble.querySelector(".meta");
       meta.textContent = msg.state === "queued" ? "queued: sent when the reply above is done" : "";
       meta.hidden = !meta.textContent;
@@ -497,7 +513,10 @@
       const res = await fetch("/v1/chat", {
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-        body: JSON.stringify({ conversation_id: conv.id, user_id: userId, text: userMsg.text, message_id: userMsg.id }),
+        body: JSON.stringify({
+          conversation_id: conv.id, user_id: userId, text: userMsg.text, message_id: userMsg.id,
+          ...(payloads.has(userMsg) ? { attachments: payloads.get(userMsg) } : {}),
+        }),
         signal: controller.signal,
       });
       if (res.status === 401) return { kind: "unauthorized" };
@@ -680,13 +699,20 @@
 
   function submit() {
     const input = $("input");
-    const text = input.value.trim();
+    const files = pending;
+    const text = input.value.trim() || (files.length ? `(sent ${files.length} file${files.length === 1 ? "" : "s"})` : "");
     const conv = current();
     if (!text || !conv) return;
     input.value = "";
+    pending = [];
+    renderAttachments();
     autosize();
     showNotice("");
     const userMsg = { role: "user", text, id: uid("m-"), state: "queued" };
+    if (files.length) {
+      userMsg.files = files.map((f) => ({ name: f.name, preview: f.data.length <= KEEP_PREVIEW ? f.data : "" }));
+      payloads.set(userMsg, files.map(({ name, content_type, data }) => ({ name, content_type, data })));
+    }
     if (!conv.messages.length) conv.title = text.length > 28 ? `${text.slice(0, 27)}…` : text;
     conv.messages.push(userMsg);
     if (busy.has(conv.id)) { // one reply at a time: this one is sent when it is done
@@ -701,6 +727,44 @@
     }
     renderTabs();
     start(conv, userMsg);
+  }
+
+  /** The files waiting to be sent, as chips above the box (× takes one away). */
+  function renderAttachments() {
+    const box = $("attachments");
+    box.replaceChildren(...pending.map((f, i) => {
+      const chip = el("span", "chip-file");
+      if (f.content_type.startsWith("image/")) {
+        const img = el("img");
+        img.src = f.data;
+        img.alt = f.name;
+        chip.append(img);
+      } else {
+        chip.append(el("span", "kind", (f.name.split(".").pop() || "file").toUpperCase()));
+      }
+      chip.append(el("span", "name", f.name));
+      const drop = el("button", "", "×");
+      drop.type = "button";
+      drop.title = `Remove ${f.name}`;
+      drop.addEventListener("click", () => { pending.splice(i, 1); renderAttachments(); });
+      chip.append(drop);
+      return chip;
+    }));
+    box.hidden = !pending.length;
+  }
+
+  /** Reads files (picked, pasted or dropped) into `pending`, as data: URLs. */
+  function addFiles(list) {
+    for (const file of list) {
+      const reader = new FileReader();
+      reader.onload = () => {
+        const name = file.name || `pasted.${(file.type.split("/")[1] || "bin").replace("jpeg", "jpg")}`;
+        pending.push({ name, content_type: file.type || "", data: String(reader.result), size: file.size });
+        renderAttachments();
+      };
+      reader.onerror = () => showNotice(`Could not read ${file.name}.`);
+      reader.readAsDataURL(file);
+    }
   }
 
   function stopReply() {
@@ -898,6 +962,20 @@
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); submit(); }
   });
   $("input").addEventListener("input", autosize);
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("file-input").addEventListener("change", (ev) => { addFiles(ev.target.files); ev.target.value = ""; });
+  $("input").addEventListener("paste", (ev) => {
+    const files = ev.clipboardData && ev.clipboardData.files;
+    if (files && files.length) { ev.preventDefault(); addFiles(files); }
+  });
+  document.addEventListener("dragover", (ev) => {
+    if (ev.dataTransfer && [...ev.dataTransfer.types].includes("Files")) { ev.preventDefault(); $("composer").classList.add("dropping"); }
+  });
+  document.addEventListener("dragleave", () => $("composer").classList.remove("dropping"));
+  document.addEventListener("drop", (ev) => {
+    $("composer").classList.remove("dropping");
+    if (ev.dataTransfer && ev.dataTransfer.files.length) { ev.preventDefault(); addFiles(ev.dataTransfer.files); }
+  });
   $("new-tab").addEventListener("click", newConversation);
   $("stop").addEventListener("click", stopReply);
   $("token-button").addEventListener("click", () => askToken("").then(async (ok) => { if (ok) { await whoAmI(); sync(); } }));
