@@ -185,6 +185,9 @@ class ServerConfig(_Section):
     max_queued: int = Field(default=1000, ge=0)
     #: This replica's name in /healthz, /stats, the dashboard and metrics (default HOSTNAME-PID).
     instance_id: str = Field(default="", max_length=128)
+    #: Processes serving the one port (`livia serve --workers N`); more than one needs
+    #: `[coordination] backend = "redis"` so they share the limits.
+    workers: int = Field(default=1, ge=1, le=64)
     #: Host names (``Host`` header) served besides the bound host, localhost, 127.0.0.1,
     #: [::1] and IP literals; ".example.com" admits sub-domains, "*" any (DNS rebinding).
     allowed_hosts: list[str] = Field(default_factory=list)

@@ -1,4 +1,10 @@
-"""`livia serve`: the HTTP API, web chat, dashboard and Slack, in one process."""
+"""`livia serve`: the HTTP API, web chat, dashboard and Slack, in one process or several.
+
+With ``--workers N`` (``[server] workers``) the parent binds the port, forks N workers
+that each run the whole app on that one socket (the kernel spreads connections), forwards
+SIGINT/SIGTERM to them and exits once they have all stopped. Workers share the store and,
+through Redis, the limits.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -17,7 +25,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from livia.config import load_settings
+from livia.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -184,11 +192,14 @@ class _Server(uvicorn.Server):
 _LIVIA_ERROR = re.compile(r"^livia(\.\w+)*\.\w+: ")
 
 
-async def _reach_store(url: str) -> None:
-    """One round trip to the store, so an unreachable one is refused before anything starts."""
+async def _reach_store(url: str, *, migrate: bool = False) -> None:
+    """One round trip to the store, so an unreachable one is refused before anything starts;
+    with `migrate`, bring its schema up to date once (before several workers open it)."""
     from livia.store import Store
 
     await Store.check(url)
+    if migrate:
+        await Store.upgrade(url)
 
 
 class _OneLineStartupErrors(logging.Filter):
@@ -207,6 +218,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
     parser.add_argument("--host", help="address to listen on (default: [server] host)")
     parser.add_argument("--port", type=int, help="port to listen on (default: [server] port)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the port (default: [server] workers, 1); more than one "
+        'needs [coordination] backend = "redis"',
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -268,17 +286,28 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
 
 def run(args: argparse.Namespace) -> int:
     """Load the settings, bind the port, build the app and serve it until interrupted."""
-    from livia.app import build_app  # heavy (SDKs): only when serving, not for `livia --help`
     from livia.store import StoreError, parse_store_url
 
     settings = load_settings(args.config)
+    workers = settings.server.workers if getattr(args, "workers", None) is None else args.workers
+    if workers < 1:
+        print("livia serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and settings.coordination.backend != "redis":
+        print(
+            f"livia serve: {workers} workers would each allow the whole of every limit; "
+            'set [coordination] backend = "redis" (LIVIA_COORDINATION__BACKEND=redis) '
+            "so they share them, or run one worker",
+            file=sys.stderr,
+        )
+        return 2
     try:
         parse_store_url(settings.store.url)  # a wrong [store] url is a message now
     except StoreError as exc:
         print(f"livia serve: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_reach_store(settings.store.url))
+        asyncio.run(_reach_store(settings.store.url, migrate=workers > 1))
     except StoreError as exc:
         print(f"livia serve: {exc}", file=sys.stderr)
         return 1
@@ -290,18 +319,121 @@ def run(args: argparse.Namespace) -> int:
         print(f"livia serve: {exc}", file=sys.stderr)
         return 1
     port = sock.getsockname()[1]
+    if workers > 1:
+        log.info("serving on http://%s:%d with %d workers (stop with Ctrl-C)", host, port, workers)
+        return _serve_workers(settings, sock, host, port, workers)
     log.info(
         "serving on http://%s:%d as %s (stop with Ctrl-C)",
         host,
         port,
         settings.server.resolved_instance_id(),
     )
+    try:
+        return _serve_one(settings, sock, host, port)
+    finally:
+        sock.close()
+
+
+def _serve_one(settings: Settings, sock: socket.socket, host: str, port: int) -> int:
+    """Run the app on the bound socket until a stop signal; 0 if it started."""
+    from livia.app import build_app  # heavy (SDKs): only when serving, not for `livia --help`
+
     app = build_app(settings)
     config = uvicorn_config(app, host, port)
     server = _Server(config, app)
     logging.getLogger("uvicorn.error").addFilter(_OneLineStartupErrors())
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """Worker `index`'s settings: its own instance id (``instance_id-wN``, or HOSTNAME-PID
+    of the worker when unset)."""
+    base = settings.server.instance_id
+    if not base:
+        return settings
+    server = settings.server.model_copy(update={"instance_id": f"{base}-w{index}"})
+    return settings.model_copy(update={"server": server})
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this worker when the parent dies (kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve_workers(
+    settings: Settings, sock: socket.socket, host: str, port: int, workers: int
+) -> int:
+    """Fork `workers` processes serving `sock`; forward stop signals; wait for them all.
+
+    A worker that exits on its own (a failed start, a crash) stops the others: the parent
+    exits 1 rather than serve with fewer processes than configured.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+    forwarded: set[int] = set()
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        forwarded.add(signum)
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(workers):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns into the parent's code
+                code = 1
+                try:
+                    for sig in previous:
+                        signal.signal(sig, signal.SIG_DFL)
+                    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent, which forwards it
+                    _die_with_parent()
+                    ours = worker_settings(settings, index)
+                    log.info(
+                        "worker %d (pid %d) serving as %s",
+                        index,
+                        os.getpid(),
+                        ours.server.resolved_instance_id(),
+                    )
+                    code = _serve_one(ours, sock, host, port)
+                except BaseException:
+                    log.exception("worker %d failed", index)
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            children[pid] = index
+        sock.close()  # only the workers accept
+        failed = False
+        while children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            index = children.pop(pid, -1)
+            code = os.waitstatus_to_exitcode(status)
+            # uvicorn re-raises the stop signal once it has shut down: that is a clean stop
+            if code != 0 and -code not in forwarded:
+                failed = True
+            if not stopping:
+                log.error(
+                    "worker %d (pid %d) exited (status %d); stopping the others", index, pid, code
+                )
+                failed = True
+                forward(signal.SIGTERM, None)
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
