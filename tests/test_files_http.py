@@ -178,3 +178,10 @@ def test_text_documents_are_cut_at_the_budget() -> None:
     doc = extract_text(("ab" * 1000).encode(), "txt", max_chars=100)
     assert (len(doc.text), doc.total_chars, doc.cut) == (100, 2000, True)
     assert extract_text("é,1\n".encode("utf-8-sig"), "csv", max_chars=100).text == "é,1\n"
+
+
+def test_the_slack_manifest_asks_for_the_file_scopes() -> None:
+    manifest = (Path(__file__).parent.parent / "slack-app-manifest.yaml").read_text()
+    assert "- files:read #" in manifest and "- files:write #" in manifest
+    guide = (Path(__file__).parent.parent / "docs" / "slack.md").read_text()
+    assert "| `files:read` |" in guide and "| `files:write` |" in guide
