@@ -54,6 +54,12 @@ async def test_multipart_image_and_json_voice_reach_the_model(
         assert srv.sim.transcription.requests == 1
         stats = (await client.get("/stats")).json()["upstreams"]
         assert stats["transcription"]["total_requests"] == 1  # shown once used
+        metrics = (await client.get("/metrics")).text
+        assert 'api="transcription"' in metrics
+        schema = (await client.get("/openapi.json")).json()
+        body = schema["paths"]["/v1/chat"]["post"]["requestBody"]["content"]
+        assert "attachments" in body["application/json"]["schema"]["properties"]
+        assert "file" in body["multipart/form-data"]["schema"]["properties"]
 
 
 async def test_documents_are_read_and_trimmed_with_a_note(

@@ -36,6 +36,7 @@ from livia.agent.events import TurnDone, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
 from livia.channels.errors import ApiError, error_response, errors
 from livia.channels.uploads import (
+    MULTIPART_SCHEMA,
     Attachment,
     body_room,
     decode,
@@ -251,7 +252,10 @@ def api_router() -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+                "content": {
+                    "application/json": {"schema": ChatRequest.model_json_schema()},
+                    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+                },
             }
         },
     )

@@ -33,6 +33,24 @@ _CHUNK = 256 * 1024
 
 Item = tuple[str, str, bytes | None, int]
 
+#: `POST /v1/chat` as multipart, for the OpenAPI document.
+MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["conversation_id"],
+    "properties": {
+        "conversation_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "text": {"type": "string"},
+        "message_id": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "file": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "Images, audio or documents ([files] max_bytes each, max_files)",
+        },
+    },
+}
+
 
 class Attachment(BaseModel):
     """One file in a JSON `POST /v1/chat` body."""

@@ -47,6 +47,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--rph", type=_count, default=0, metavar="N", help="requests per hour")
     model.add_argument("--tpm", type=_count, default=0, metavar="N", help="tokens per minute")
     for flag, what in (
+        ("--transcription-concurrency", "audio transcriptions at once"),
+        ("--transcription-rpm", "audio transcriptions per minute"),
+        ("--images-concurrency", "image generations at once"),
+        ("--images-rpm", "image generations per minute"),
+    ):
+        model.add_argument(flag, type=_count, default=0, metavar="N", help=what)
+    for flag, what in (
         ("--fail-rate", "answered 500/503"),
         ("--timeout-rate", "left hanging until the client gives up"),
         ("--drop-rate", "whose connection is closed without an answer"),
@@ -131,6 +138,7 @@ def _build(args: argparse.Namespace) -> SimOpenAI | SimMcp:
     Imported here, not at the top, so `livia --help` does not load aiohttp and the MCP SDK.
     """
     if args.upstream == "openai":
+        from livia.sim.media import SimEndpointLimits
         from livia.sim.openai import SimOpenAI, SimOpenAIConfig
 
         return SimOpenAI(
@@ -146,6 +154,10 @@ def _build(args: argparse.Namespace) -> SimOpenAI | SimMcp:
                 seed=args.seed,
                 hang_max=args.hang_max,
                 enforce_limits=args.enforce,
+                transcription=SimEndpointLimits(
+                    args.transcription_concurrency, args.transcription_rpm
+                ),
+                images=SimEndpointLimits(args.images_concurrency, args.images_rpm),
             )
         )
     from livia.sim.mcp import SimMcp, SimMcpConfig
