@@ -191,3 +191,17 @@ def test_the_slack_manifest_asks_for_the_file_scopes() -> None:
     assert "- files:read #" in manifest and "- files:write #" in manifest
     guide = (Path(__file__).parent.parent / "docs" / "slack.md").read_text()
     assert "| `files:read` |" in guide and "| `files:write` |" in guide
+
+
+def test_an_images_cost_is_its_tiles_not_its_data_urls_length() -> None:
+    from unittest.mock import Mock
+
+    from livia.agent.model import ModelClient
+    from livia.config import LlmConfig
+    from livia.files.images import data_url
+
+    model = ModelClient(LlmConfig(max_output_tokens=100), Mock(), Mock())
+    words = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}]}]
+    image = {"type": "image_url", "image_url": {"url": data_url(png(2048, 4096), "image/png")}}
+    with_image = [{"role": "user", "content": [*words[0]["content"], image]}]
+    assert model.estimate_cost(with_image, []) - model.estimate_cost(words, []) == 1105
