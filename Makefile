@@ -39,6 +39,8 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.redis_admission
+	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.replicas
 	$(BIN)/livia bench
 

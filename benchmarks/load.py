@@ -1,0 +1,406 @@
+"""Many people at once: N conversations × M messages through a real `livia serve` over HTTP.
+
+The model is `livia sim openai` (a subprocess) at a given latency and limits. In the same
+run, the baseline: the bare `openai` SDK calling the same simulator with the same
+concurrency (what a process with no Livia around it costs). Printed:
+
+- throughput, and its ratio to the upstream bound (the baseline's makespan: what the
+  upstream allows this workload);
+- added latency p50/p99: Livia's end-to-end latency per message minus the baseline's, at
+  the same percentile (same latency distribution and seed);
+- peak RSS and open fds of the serving processes (sampled every 0.25 s), the event loop's
+  lag (each worker's `/stats` "loop"), CPU per message (server processes' user + system
+  time, against the SDK's in the baseline);
+- lost (no reply) and twice (model calls beyond one per message, counted by the simulator).
+
+Run: ``python -m benchmarks.load`` (``--conversations 1000 --messages 3 --workers 2``,
+``--latency uniform:0.5:2``, ``--limits reference``); part of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+#: The reference limits of the model upstream (README), when `--limits reference`.
+REFERENCE = {"max_concurrent": 8, "requests_per_minute": 500, "requests_per_hour": 10_000}
+#: Limits high enough never to bind (`--limits none`).
+UNBOUND = {"max_concurrent": 100_000, "requests_per_minute": 10**8, "requests_per_hour": 10**9}
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- the serving processes, seen through /proc -----------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its children (the workers), from /proc."""
+    out = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for kid in kids:
+        out += _tree(int(kid))
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system seconds of `pid` (and of its children it has waited for)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / _CLK
+
+
+@dataclass
+class Sampler:
+    """Peak RSS (per process) and fds (per process) of a process tree, sampled."""
+
+    root: int
+    rss_mb: dict[int, float] = field(default_factory=dict)
+    fds: dict[int, int] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        for pid in _tree(self.root):
+            self.rss_mb[pid] = max(self.rss_mb.get(pid, 0.0), _rss_mb(pid))
+            self.fds[pid] = max(self.fds.get(pid, 0), _fds(pid))
+
+    def cpu(self) -> float:
+        return sum(_cpu_s(pid) for pid in _tree(self.root))
+
+    async def run(self, every: float = 0.25) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(every)
+
+
+# --- the simulator, Redis and livia serve ------------------------------------------------
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args} exited:\n{_tail(log)}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} not ready within {timeout} s:\n{_tail(log)}")
+
+
+# --- the workloads ------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    makespan: float
+    latencies: list[float]
+    failures: int
+    cpu_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
+    """The bare openai SDK: n conversations × m sequential calls, `limit` at once (if set)."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{sim_url}/v1", api_key="sim", max_retries=0, timeout=120)
+    gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+    latencies: list[float] = []
+    failures = 0
+
+    async def conversation(c: int) -> None:
+        nonlocal failures
+        for i in range(m):
+            t0 = time.perf_counter()
+            try:
+                async with gate:
+                    await client.chat.completions.create(
+                        model="gpt-4o-mini",
+                        messages=[{"role": "user", "content": f"conversation {c} message {i}"}],
+                    )
+            except Exception:
+                failures += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(conversation(c) for c in range(n)))
+    makespan = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    await client.close()
+    return Result(makespan, latencies, failures, cpu)
+
+
+async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
+    """n conversations × m messages, each message sent when the previous one is answered."""
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    latencies: list[float] = []
+    failures = 0
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def conversation(c: int) -> None:
+            nonlocal failures
+            for i in range(m):
+                body = {
+                    "conversation_id": f"load-{c}",
+                    "user_id": f"user-{c}",
+                    "text": f"conversation {c} message {i}",
+                    "message_id": f"load-{c}-{i}",
+                }
+                t0 = time.perf_counter()
+                try:
+                    resp = await client.post("/v1/chat", json=body)
+                    ok = resp.status_code == 200 and resp.json().get("error") is None
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    failures += 1
+
+        sampling = asyncio.create_task(sampler.run())
+        cpu0 = sampler.cpu()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(conversation(c) for c in range(n)))
+        makespan = time.perf_counter() - t0
+        cpu = sampler.cpu() - cpu0
+        sampling.cancel()
+        sampler.sample()
+    return Result(makespan, latencies, failures, cpu)
+
+
+async def _loop_lag(url: str, workers: int) -> dict[str, dict[str, Any]]:
+    """Each worker's `/stats` "loop" (new connections until every worker has answered)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(50 * workers):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            stats = (await client.get("/stats")).json()
+        seen[str(stats.get("instance"))] = stats.get("loop", {})
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+async def _sim_requests(sim_url: str) -> int:
+    async with httpx.AsyncClient(timeout=10) as client:
+        stats = (await client.get(f"{sim_url}/sim/stats?timeline=0")).json()
+        await client.post(f"{sim_url}/sim/reset")
+    return int(stats.get("requests", stats.get("total_requests", 0)))
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    n, m, workers = args.conversations, args.messages, args.workers
+    limits = REFERENCE if args.limits == "reference" else UNBOUND
+    tmp = Path(tempfile.mkdtemp(prefix="livia-load-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVIA_")}
+    sim_port = _free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    sim_args = [sys.executable, "-m", "livia", "sim", "openai", "--port", str(sim_port)]
+    sim_args += ["--latency", args.latency, "--seed", "12"]
+    if args.limits == "reference":
+        sim_args += ["--max-concurrent", "8", "--rpm", "500", "--rph", "10000"]
+    out: dict[str, Any] = {"conversations": n, "messages": m, "workers": workers}
+    out.update(latency=args.latency, limits=args.limits, cores=os.cpu_count())
+    out["load_before"] = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(_process(sim_args, env, tmp / "sim.log"))
+        await _wait_http(f"{sim_url}/v1/models", sim, tmp / "sim.log", 30)
+
+        base = await baseline(
+            sim_url, n, m, REFERENCE["max_concurrent"] if limits is REFERENCE else None
+        )
+        out["baseline_sim_requests"] = await _sim_requests(sim_url)
+
+        livia_env = {
+            **env,
+            "OPENAI_API_KEY": "sim",
+            "LIVIA_LLM__BASE_URL": f"{sim_url}/v1",
+            "LIVIA_STORE__URL": f"sqlite:///{tmp}/livia.db",
+            "LIVIA_SERVER__MAX_ACTIVE_CONVERSATIONS": str(max(64, n)),
+            "LIVIA_SERVER__MAX_QUEUED": str(max(1000, n * m)),
+            **{f"LIVIA_APIS__OPENAI__{k.upper()}": str(v) for k, v in limits.items()},
+        }
+        if workers > 1:
+            from tests.redis_server import redis_server
+
+            server = stack.enter_context(redis_server())
+            livia_env |= {
+                "LIVIA_COORDINATION__BACKEND": "redis",
+                "LIVIA_COORDINATION__REDIS_URL": server.url,
+            }
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve_args = [sys.executable, "-m", "livia", "--log-level", args.log_level, "serve"]
+        serve_args += ["--port", str(port), "--workers", str(workers)]
+        serve_log = tmp / "serve.log"
+        livia = stack.enter_context(_process(serve_args, livia_env, serve_log))
+        await _wait_http(f"{url}/readyz", livia, serve_log, 60)
+        if workers > 1:  # every worker up (each answers /readyz once its app has started)
+            await _loop_lag(url, workers)
+        sampler = Sampler(livia.pid)
+        sampler.sample()
+        idle_rss = dict(sampler.rss_mb)
+        lived = await through_livia(url, n, m, sampler)
+        out["livia_sim_requests"] = await _sim_requests(sim_url)
+        out["loop"] = await _loop_lag(url, workers)
+        out["load_after"] = os.getloadavg()[0]
+        workers_rss = {
+            pid: mb for pid, mb in sampler.rss_mb.items() if workers == 1 or pid != livia.pid
+        }
+        out["rss_idle_mb"] = (
+            max(idle_rss.get(pid, 0.0) for pid in workers_rss) if workers_rss else 0
+        )
+        out["rss_peak_mb"] = max(workers_rss.values(), default=0.0)
+        out["fds_peak"] = max(
+            (v for pid, v in sampler.fds.items() if pid in workers_rss), default=0
+        )
+    total = n * m
+    bound = base.makespan
+    out["baseline"] = {
+        "makespan_s": base.makespan,
+        "per_s": total / base.makespan,
+        "p50_s": _pct(base.latencies, 0.5),
+        "p99_s": _pct(base.latencies, 0.99),
+        "failures": base.failures,
+        "cpu_ms_per_message": base.cpu_s * 1000 / total,
+    }
+    out["livia"] = {
+        "makespan_s": lived.makespan,
+        "per_s": total / lived.makespan,
+        "efficiency": bound / lived.makespan,
+        "p50_s": _pct(lived.latencies, 0.5),
+        "p99_s": _pct(lived.latencies, 0.99),
+        "added_p50_ms": (_pct(lived.latencies, 0.5) - _pct(base.latencies, 0.5)) * 1000,
+        "added_p99_ms": (_pct(lived.latencies, 0.99) - _pct(base.latencies, 0.99)) * 1000,
+        "mean_s": statistics.fmean(lived.latencies) if lived.latencies else math.nan,
+        "lost": lived.failures,
+        "twice": max(0, out["livia_sim_requests"] - (total - lived.failures)),
+        "cpu_ms_per_message": lived.cpu_s * 1000 / total,
+    }
+    out["logs"] = str(tmp)
+    return out
+
+
+def report(r: dict[str, Any]) -> str:
+    b, v = r["baseline"], r["livia"]
+    lag = r["loop"].values()
+    p99 = max((x.get("lag_p99_ms") or 0 for x in lag), default=math.nan)
+    worst = max((x.get("lag_worst_ms") or 0 for x in lag), default=math.nan)
+    lines = [
+        f"{r['conversations']} conversations × {r['messages']} messages, latency {r['latency']}, "
+        f"limits {r['limits']}, {r['workers']} worker(s); {r['cores']} cores, "
+        f"load average {r['load_before']:.1f} before, {r['load_after']:.1f} after",
+        f"  {'':28s} {'makespan':>9s} {'msg/s':>7s} {'p50':>7s} {'p99':>7s} {'CPU/msg':>8s}",
+        f"  {'baseline (bare openai SDK)':28s} {b['makespan_s']:8.2f}s {b['per_s']:7.0f} "
+        f"{b['p50_s']:6.2f}s {b['p99_s']:6.2f}s {b['cpu_ms_per_message']:6.2f}ms",
+        f"  {'livia serve over HTTP':28s} {v['makespan_s']:8.2f}s {v['per_s']:7.0f} "
+        f"{v['p50_s']:6.2f}s {v['p99_s']:6.2f}s {v['cpu_ms_per_message']:6.2f}ms",
+        f"  throughput / upstream bound: {v['efficiency']:.2f}   added latency p50 "
+        f"{v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
+        f"  per worker: RSS {r['rss_idle_mb']:.0f} → {r['rss_peak_mb']:.0f} MB peak, fds peak "
+        f"{r['fds_peak']}, loop lag p99 {p99:.0f} ms (worst {worst:.0f} ms)",
+        f"  lost {v['lost']}, twice {v['twice']} (model calls: baseline "
+        f"{r['baseline_sim_requests']}, livia {r['livia_sim_requests']})",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--conversations", type=int, default=200)
+    parser.add_argument("-m", "--messages", type=int, default=3)
+    parser.add_argument("--latency", default="uniform:0.5:2", help="the simulator's --latency")
+    parser.add_argument("--workers", type=int, default=1, help="livia serve --workers")
+    parser.add_argument(
+        "--limits",
+        choices=("none", "reference"),
+        default="none",
+        help="model limits: none (never binding) or the reference (8 at once, 500/min)",
+    )
+    parser.add_argument("--log-level", default="info", help="livia serve's --log-level")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args))
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
