@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,7 +97,7 @@ class ChatRequest(BaseModel):
     )
 
     #: Files a multipart request carried (its fields are parsed as this model).
-    attachments_count: int = Field(default=0, exclude=True, json_schema_extra={"hidden": True})
+    attachments_count: SkipJsonSchema[int] = Field(default=0, exclude=True)
 
     @field_validator("text")
     @classmethod
