@@ -97,9 +97,10 @@ async def test_a_web_page_elsewhere_cannot_drive_a_local_livia(livia_server: Any
         assert (await client.get("/stats", headers=local_page)).status_code == 200
         assert (await client.get("/stats", headers={"Host": f"[::1]:{port}"})).status_code == 200
         assert (await client.get("/stats", headers={"Host": "10.1.2.3"})).status_code == 200
-        # File uploads will come as multipart: the guard lets them through to the endpoint.
+        # File uploads come as multipart: the guard lets them through to the endpoint,
+        # which says what an empty form is missing.
         multipart = {"Content-Type": "multipart/form-data; boundary=x"}
-        _error(await client.post("/v1/chat", content=b"--x--", headers=multipart), 400)
+        _error(await client.post("/v1/chat", content=b"--x--", headers=multipart), 422)
         # Probes and Slack's signed events answer whatever the Host.
         assert (await client.get("/healthz", headers=rebound)).status_code == 200
         # Refusals carry the security headers too.
