@@ -125,12 +125,13 @@ async def test_bounded_active_conversations(store: Store) -> None:
 
 
 async def test_round_robin_across_waiting_conversations(store: Store) -> None:
-    responder = EchoResponder(delay=0.02)
+    gate = asyncio.Event()
+    responder = EchoResponder(delay=0.02, gate=gate)
     conv = await _started(responder, store, max_active=1)
-    long = [asyncio.create_task(conv.submit(_msg("a", f"{i}"))) for i in range(3)]
-    await asyncio.sleep(0.005)
-    short = asyncio.create_task(conv.submit(_msg("b", "0")))
-    await asyncio.gather(*long, short)
+    long = [await conv.accept(_msg("a", f"{i}")) for i in range(3)]
+    short = await conv.accept(_msg("b", "0"))  # while a/0 holds the only slot
+    gate.set()
+    await asyncio.gather(*(t.wait() for t in [*long, short]))
     assert responder.texts() == ["a/0", "b/0", "a/1", "a/2"]
     await conv.aclose()
 
