@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ from livia.store.lanes import Lanes
 from livia.store.urls import StoreError, parse_store_url
 
 log = logging.getLogger(__name__)
+
+#: Statements parsed once: building a `text()` re-scans its SQL for parameters each time.
+_sql = functools.lru_cache(maxsize=512)(text)
 
 Status = Literal["pending", "answered", "failed"]
 
@@ -309,7 +313,7 @@ class Store:
         engine = store._create_engine()
         try:
             async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+                await conn.execute(_sql("SELECT 1"))
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot reach the store {store.display}: {_reason(exc)}") from None
         finally:
@@ -331,7 +335,7 @@ class Store:
                     live = int(
                         (
                             await conn.execute(
-                                text(
+                                _sql(
                                     "SELECT COUNT(*) FROM instances"
                                     f" WHERE heartbeat_at + lease > {store._now}"
                                 )
@@ -388,13 +392,13 @@ class Store:
         try:
             async with self._write() as conn:
                 await conn.execute(
-                    text(
+                    _sql(
                         "UPDATE messages SET owner = NULL WHERE owner = :me AND status = 'pending'"
                     ),
                     {"me": self.owner},
                 )
                 await conn.execute(
-                    text("DELETE FROM instances WHERE owner = :me"), {"me": self.owner}
+                    _sql("DELETE FROM instances WHERE owner = :me"), {"me": self.owner}
                 )
         except StoreError as exc:
             log.warning("store close: could not give back claims: %s", exc)
@@ -450,7 +454,7 @@ class Store:
 
     async def _fetch(self, sql: str, params: dict[str, Any] | None = None) -> list[StoredTurn]:
         async with self._read() as conn:
-            rows = (await conn.execute(text(sql), params or {})).all()
+            rows = (await conn.execute(_sql(sql), params or {})).all()
         return [_turn(row) for row in rows]
 
     def _alive(self, column: str) -> str:
@@ -495,7 +499,7 @@ class Store:
             # pending message (then it can be claimed right here).
             messages, pending = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "INSERT INTO conversations (conversation_id, user_id, channel, title,"
                         " created_at, updated_at, messages, pending)"
                         " VALUES (:cid, :uid, :channel, :title, :now, :now, 1, 1)"
@@ -511,7 +515,7 @@ class Store:
             params["attempts"] = 0 if params["owner"] is None else 1
             row = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "INSERT INTO messages (conversation_id, message_id, user_id, channel,"
                         " text, meta, received_at, accepted_by, owner, claimed_at, attempts)"
                         " VALUES (:cid, :mid, :uid, :channel, :text, :meta, :now, :me,"
@@ -524,7 +528,7 @@ class Store:
             ).first()
             if row is None:  # a repeat: undo the counts, return the message as it stands
                 await conn.execute(
-                    text(
+                    _sql(
                         "UPDATE conversations SET messages = messages - 1,"
                         " pending = pending - 1 WHERE conversation_id = :cid"
                     ),
@@ -532,7 +536,7 @@ class Store:
                 )
                 existing = (
                     await conn.execute(
-                        text(
+                        _sql(
                             f"SELECT {_COLUMNS} FROM messages"
                             " WHERE conversation_id = :cid AND message_id = :mid"
                         ),
@@ -563,7 +567,7 @@ class Store:
         async with self._write() as conn:
             rows = (
                 await conn.execute(
-                    text(sql), {"me": self.owner, "now": time.time(), "limit": limit}
+                    _sql(sql), {"me": self.owner, "now": time.time(), "limit": limit}
                 )
             ).all()
         return sorted((_turn(r) for r in rows), key=lambda t: t.seq)
@@ -592,7 +596,7 @@ class Store:
         async with self._write() as conn:
             row = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "UPDATE messages SET status = :status, reply = :reply, error = :error,"
                         " answered_at = :now, answered_by = :instance, delivered = :delivered"
                         " WHERE conversation_id = :cid AND message_id = :mid"
@@ -609,7 +613,7 @@ class Store:
             # and claimed itself.
             left = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "UPDATE conversations SET pending = pending - 1, updated_at = :now"
                         " WHERE conversation_id = :cid RETURNING pending"
                     ),
@@ -622,7 +626,7 @@ class Store:
                 alive = bool(
                     (
                         await conn.execute(
-                            text(f"SELECT {self._alive(':acceptor')}"),
+                            _sql(f"SELECT {self._alive(':acceptor')}"),
                             {"acceptor": turn.accepted_by},
                         )
                     ).scalar()
@@ -631,7 +635,7 @@ class Store:
             if claim_next and left:
                 following = (
                     await conn.execute(
-                        text(
+                        _sql(
                             "UPDATE messages SET owner = :me, claimed_at = :now,"
                             " attempts = attempts + 1"
                             " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
@@ -661,7 +665,7 @@ class Store:
             sql += f" AND seq IN ({', '.join(':' + n for n in names)})"
             params.update(zip(names, wanted, strict=True))
         async with self._write() as conn:
-            return int((await conn.execute(text(sql), params)).rowcount or 0)
+            return int((await conn.execute(_sql(sql), params)).rowcount or 0)
 
     # -- delivery -----------------------------------------------------------------------
 
@@ -686,7 +690,7 @@ class Store:
         )
         async with self._write() as conn:
             rows = (
-                await conn.execute(text(sql), {"me": self.owner, "limit": limit, **names})
+                await conn.execute(_sql(sql), {"me": self.owner, "limit": limit, **names})
             ).all()
         return sorted((_turn(r) for r in rows), key=lambda t: t.seq)
 
@@ -699,14 +703,14 @@ class Store:
             f" RETURNING {_COLUMNS}"
         )
         async with self._write() as conn:
-            row = (await conn.execute(text(sql), {"me": self.owner, "seq": seq})).first()
+            row = (await conn.execute(_sql(sql), {"me": self.owner, "seq": seq})).first()
         return _turn(row) if row is not None else None
 
     async def mark_delivered(self, seq: int) -> None:
         """Record that the reply of message `seq` reached its channel."""
         async with self._write() as conn:
             await conn.execute(
-                text("UPDATE messages SET delivered = 1 WHERE seq = :seq"), {"seq": seq}
+                _sql("UPDATE messages SET delivered = 1 WHERE seq = :seq"), {"seq": seq}
             )
 
     # -- processes ----------------------------------------------------------------------
@@ -724,7 +728,7 @@ class Store:
         }
         async with self._beat_write() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "INSERT INTO instances (owner, instance_id, host_key, pid, started_at,"
                     " heartbeat_at, lease, snapshot)"
                     f" VALUES (:me, :instance, :host, :pid, :now, {self._now}, :lease, :snapshot)"
@@ -745,7 +749,7 @@ class Store:
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "SELECT owner, pid FROM instances WHERE host_key = :host"
                         f" AND owner <> :me AND heartbeat_at + lease > {self._now}"
                     ),
@@ -756,7 +760,7 @@ class Store:
         for owner in dead:
             async with self._write() as conn:
                 await conn.execute(
-                    text("UPDATE instances SET heartbeat_at = 0 WHERE owner = :owner"),
+                    _sql("UPDATE instances SET heartbeat_at = 0 WHERE owner = :owner"),
                     {"owner": owner},
                 )
             log.warning("process %s on this host is gone: its messages are taken over", owner)
@@ -767,7 +771,7 @@ class Store:
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "SELECT owner, instance_id, pid, started_at,"
                         f" {self._now} - heartbeat_at, snapshot FROM instances"
                         f" WHERE heartbeat_at + lease > {self._now} ORDER BY started_at"
@@ -789,9 +793,9 @@ class Store:
     async def _housekeeping(self) -> None:
         """Drop expired marks and processes dead for over a day."""
         async with self._write() as conn:
-            await conn.execute(text("DELETE FROM marks WHERE expires < :now"), {"now": time.time()})
+            await conn.execute(_sql("DELETE FROM marks WHERE expires < :now"), {"now": time.time()})
             await conn.execute(
-                text(f"DELETE FROM instances WHERE heartbeat_at + lease < {self._now} - 86400")
+                _sql(f"DELETE FROM instances WHERE heartbeat_at + lease < {self._now} - 86400")
             )
 
     # -- reading ------------------------------------------------------------------------
@@ -838,7 +842,7 @@ class Store:
         """How many conversations the store holds."""
         async with self._read() as conn:
             return int(
-                (await conn.execute(text("SELECT COUNT(*) FROM conversations"))).scalar_one()
+                (await conn.execute(_sql("SELECT COUNT(*) FROM conversations"))).scalar_one()
             )
 
     async def conversation(self, conversation_id: str) -> ConversationInfo | None:
@@ -859,7 +863,7 @@ class Store:
         async with self._read() as conn:
             rows = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "SELECT conversation_id, user_id, channel, title, created_at,"
                         f" updated_at, messages FROM conversations {tail}"
                     ),
@@ -872,10 +876,10 @@ class Store:
         """Delete a conversation and its messages; False when there was none."""
         async with self._write() as conn:
             await conn.execute(
-                text("DELETE FROM messages WHERE conversation_id = :cid"), {"cid": conversation_id}
+                _sql("DELETE FROM messages WHERE conversation_id = :cid"), {"cid": conversation_id}
             )
             gone = await conn.execute(
-                text("DELETE FROM conversations WHERE conversation_id = :cid"),
+                _sql("DELETE FROM conversations WHERE conversation_id = :cid"),
                 {"cid": conversation_id},
             )
         return bool(gone.rowcount)
@@ -892,7 +896,7 @@ class Store:
         async with self._write() as conn:
             row = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "INSERT INTO marks (key, expires) VALUES (:key, :expires)"
                         " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires"
                         " WHERE marks.expires < :now RETURNING key"
@@ -906,7 +910,7 @@ class Store:
         """Record `key` for `ttl` seconds (extending an existing mark)."""
         async with self._write() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "INSERT INTO marks (key, expires) VALUES (:key, :expires)"
                     " ON CONFLICT (key) DO UPDATE SET expires = excluded.expires"
                 ),
@@ -918,7 +922,7 @@ class Store:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT 1 FROM marks WHERE key = :key AND expires >= :now"),
+                    _sql("SELECT 1 FROM marks WHERE key = :key AND expires >= :now"),
                     {"key": key, "now": time.time()},
                 )
             ).first()
@@ -927,7 +931,7 @@ class Store:
     async def ping(self) -> None:
         """One round trip to the database (`StoreError` when it is unreachable)."""
         async with self._read() as conn:
-            await conn.execute(text("SELECT 1"))
+            await conn.execute(_sql("SELECT 1"))
 
     # -- API keys and owners (issue 10, item 1) -------------------------------------------
 
@@ -936,7 +940,7 @@ class Store:
         row = {"key_id": key_id, "user_id": user_id, "key_hash": key_hash, "now": time.time()}
         async with self._write() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "INSERT INTO api_keys (key_id, user_id, key_hash, created_at)"
                     " VALUES (:key_id, :user_id, :key_hash, :now)"
                 ),
@@ -960,21 +964,21 @@ class Store:
         names = ("key_id", "user_id", "key_hash", "created_at", "last_used_at", "revoked_at")
         async with self._read() as conn:
             rows = (
-                await conn.execute(text(f"SELECT {', '.join(names)} FROM api_keys {tail}"), params)
+                await conn.execute(_sql(f"SELECT {', '.join(names)} FROM api_keys {tail}"), params)
             ).all()
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def any_api_keys(self) -> bool:
         """True once any key was ever created (revoked ones count: the server stays closed)."""
         async with self._read() as conn:
-            row = (await conn.execute(text("SELECT 1 FROM api_keys LIMIT 1"))).first()
+            row = (await conn.execute(_sql("SELECT 1 FROM api_keys LIMIT 1"))).first()
         return row is not None
 
     async def revoke_api_key(self, key_id: str) -> dict[str, Any] | None:
         """Revoke a key (at once, on every replica); its row, or None when there is none."""
         async with self._write() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "UPDATE api_keys SET revoked_at = :now"
                     " WHERE key_id = :key_id AND revoked_at IS NULL"
                 ),
@@ -986,7 +990,7 @@ class Store:
         """Record that a key was just used."""
         async with self._write() as conn:
             await conn.execute(
-                text("UPDATE api_keys SET last_used_at = :now WHERE key_id = :key_id"),
+                _sql("UPDATE api_keys SET last_used_at = :now WHERE key_id = :key_id"),
                 {"key_id": key_id, "now": time.time()},
             )
 
@@ -998,7 +1002,7 @@ class Store:
         now = time.time()
         async with self._write() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "INSERT INTO conversations (conversation_id, user_id, channel, title,"
                     " created_at, updated_at, messages)"
                     " VALUES (:cid, :uid, :channel, :title, :now, :now, 0)"
@@ -1014,7 +1018,7 @@ class Store:
             )
             owner = (
                 await conn.execute(
-                    text("SELECT user_id FROM conversations WHERE conversation_id = :cid"),
+                    _sql("SELECT user_id FROM conversations WHERE conversation_id = :cid"),
                     {"cid": conversation_id},
                 )
             ).scalar_one()
@@ -1029,7 +1033,7 @@ class Store:
         async with self._write() as conn:
             found = (
                 await conn.execute(
-                    text(f"SELECT messages FROM conversations WHERE conversation_id = :cid{lock}"),
+                    _sql(f"SELECT messages FROM conversations WHERE conversation_id = :cid{lock}"),
                     params,
                 )
             ).first()
@@ -1037,7 +1041,7 @@ class Store:
                 return "missing"
             pending = (
                 await conn.execute(
-                    text(
+                    _sql(
                         "SELECT 1 FROM messages WHERE conversation_id = :cid"
                         " AND status = 'pending' LIMIT 1"
                     ),
@@ -1046,9 +1050,9 @@ class Store:
             ).first()
             if pending is not None:
                 return "busy"
-            await conn.execute(text("DELETE FROM messages WHERE conversation_id = :cid"), params)
+            await conn.execute(_sql("DELETE FROM messages WHERE conversation_id = :cid"), params)
             await conn.execute(
-                text("DELETE FROM conversations WHERE conversation_id = :cid"), params
+                _sql("DELETE FROM conversations WHERE conversation_id = :cid"), params
             )
         return "deleted" if found[0] else "missing"
 
