@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from livia.concurrency import (
     CoordinationUnavailable,
     RedisBackend,
 )
+from livia.monitoring.metrics import metrics_registry
 from tests.redis_server import RedisServer, _pings, find_redis_server
 
 pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server binary")
@@ -71,6 +73,23 @@ async def _fire(manager: ConcurrencyManager, n: int, deadline: float) -> tuple[i
     return n - len(errors), errors
 
 
+def _mode_metrics(manager: Any) -> dict[str, float]:
+    """`livia_coordination_mode` as /metrics shows it for a Livia running on `manager`."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = SimpleNamespace(state=SimpleNamespace(livia=SimpleNamespace(manager=manager)))
+    text = generate_latest(metrics_registry(app)).decode()
+    return {
+        sample.labels["mode"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "livia_coordination_mode"
+        for sample in family.samples
+    }
+
+
 async def test_local_mode_answers_within_its_share_then_rejoins(redis_srv: RedisServer) -> None:
     a = await _manager(redis_srv.url, "local")
     b = await _manager(redis_srv.url, "local")  # a second replica, seen alive in Redis
@@ -94,6 +113,7 @@ async def test_local_mode_answers_within_its_share_then_rejoins(redis_srv: Redis
             "on_outage": "local",
         }
         assert ok_a == 2 and ok_b == 6 - 2  # b starts with its third of the 4 seen shared
+        assert _mode_metrics(a) == {"shared": 0.0, "local": 1.0, "waiting": 0.0}
         assert 4 + ok_a + ok_b <= POLICY.requests_per_minute
         assert set(errors_a) == {"CapacityExhausted"}
         # "wait" replicas start nothing, and say why: Redis, not a usage limit.
@@ -102,6 +122,7 @@ async def test_local_mode_answers_within_its_share_then_rejoins(redis_srv: Redis
             await waiting.run("openai", lambda: asyncio.sleep(0), deadline=1.0)
         assert time.monotonic() - started < 3
         assert waiting.get_stats("openai")["coordination"]["mode"] == "waiting"
+        assert _mode_metrics(waiting)["waiting"] == 1.0
         apology = model_failure(caught.value)
         assert "Redis" in apology.apology and "at its usage limit" not in apology.apology, apology
 
@@ -110,6 +131,7 @@ async def test_local_mode_answers_within_its_share_then_rejoins(redis_srv: Redis
         ok_a2, _ = await _fire(a, 1, 5.0)
         assert ok_a2 == 1
         assert a.get_stats("openai")["coordination"]["mode"] == "shared"
+        assert _mode_metrics(a)["shared"] == 1.0
         client = aioredis.Redis.from_url(redis_srv.url)
         try:
             counted = await client.zcard("outage:{openai}:requests_per_minute")

@@ -115,12 +115,38 @@ class LiviaCollector(Collector):
 
     def _families(self, state: object) -> Iterator[Metric]:
         yield from self._upstreams(upstream_stats(state))
+        yield from self._coordination(state)
         yield from self._conversations(conversation_stats(state))
         yield from self._tools(tool_status(state))
         yield from self._loop(loop_stats(state))
         demo = GaugeMetricFamily("livia_demo_mode", "1 when answers come from the simulator.")
         demo.add_metric([], 1.0 if getattr(state, "demo", False) else 0.0)
         yield demo
+
+    @staticmethod
+    def _coordination(state: object) -> Iterator[Metric]:
+        """Where the limits are kept now: shared through Redis, local, or waiting for Redis."""
+        describe = getattr(getattr(state, "manager", None), "coordination", None)
+        info = describe() if callable(describe) else None
+        if not isinstance(info, Mapping):
+            return
+        backend, current = str(info.get("backend", "")), str(info.get("mode", ""))
+        mode = GaugeMetricFamily(
+            "livia_coordination_mode",
+            "1 for the mode the limits are kept in: shared (Redis), local (this process, or"
+            " its share of each limit while Redis is away), waiting (calls wait for Redis).",
+            labels=["backend", "mode"],
+        )
+        for name in ("shared", "local", "waiting"):
+            mode.add_metric([backend, name], 1.0 if current == name else 0.0)
+        yield mode
+        replicas = _number(info.get("replicas"))
+        if replicas is not None:
+            gauge = GaugeMetricFamily(
+                "livia_coordination_replicas", "Replicas last seen sharing the limits."
+            )
+            gauge.add_metric([], replicas)
+            yield gauge
 
     def _upstreams(self, stats: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
         for suffix, key, help_text in UPSTREAM_COUNTERS:

@@ -354,6 +354,7 @@
     $("k-answered").textContent = fmtInt(c.answered);
     $("k-failed-hint").textContent = `${fmtInt(c.failed)} failed`;
     $("demo-badge").hidden = !stats.demo;
+    renderCoordination(list.length ? list[0].coordination : null);
     if (stats.instance) {
       $("instance-badge").textContent = stats.instance;
       $("instance-badge").hidden = false;
@@ -375,6 +376,22 @@
     ]);
     for (const [name, s] of Object.entries(upstreams)) renderUpstream(name, s, ups.get(name));
     renderTools(stats.tools);
+  }
+
+  /** Where the limits are kept: said plainly, and loudly when Redis is away. */
+  function renderCoordination(co) {
+    const badge = $("coordination-badge");
+    if (!co || !co.backend || co.backend === "memory") { badge.hidden = true; return; }
+    const n = num(co.replicas);
+    const texts = {
+      shared: `limits shared via ${co.backend}${n > 1 ? ` · ${n} replicas` : ""}`,
+      local: `${co.backend} unreachable: this replica keeps 1/${Math.max(1, n)} of each limit`,
+      waiting: `${co.backend} unreachable: calls wait for it`,
+    };
+    badge.textContent = texts[co.mode] || `limits: ${co.mode}`;
+    badge.className = `badge coordination ${co.mode}`;
+    badge.hidden = false;
+    probe.coordination = co.mode;
   }
 
   // ---- the deployment: every live replica (from /stats/deployment) ---------------------
