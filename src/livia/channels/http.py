@@ -36,6 +36,7 @@ from livia import __version__
 from livia.agent.events import TurnDone, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
 from livia.channels.errors import ApiError, error_response, errors
+from livia.channels.schema import inline_json_schema
 from livia.channels.uploads import (
     MULTIPART_SCHEMA,
     Attachment,
@@ -228,6 +229,19 @@ def _describe(exc: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _multipart_schema() -> dict[str, Any]:
+    """The multipart form of `POST /v1/chat`: the JSON body's fields (same constraints),
+    with files as repeated ``file`` parts instead of base64 ``attachments``."""
+    fields = inline_json_schema(ChatRequest)["properties"]
+    fields.pop("attachments", None)
+    props = {
+        **MULTIPART_SCHEMA["properties"],
+        **fields,
+        "file": MULTIPART_SCHEMA["properties"]["file"],
+    }
+    return {**MULTIPART_SCHEMA, "properties": props}
+
+
 def api_router() -> APIRouter:
     """The chat API and health endpoints; they read `request.app.state.livia` per request."""
     router = APIRouter()
@@ -241,9 +255,25 @@ def api_router() -> APIRouter:
                 "content": {
                     "text/event-stream": {
                         "schema": {
-                            "type": "string",
+                            "type": "object",
                             "description": "events delta, tool_started, tool_finished, then "
                             "done (a ChatReply) or error (an ErrorBody)",
+                            "properties": {
+                                "event": {
+                                    "type": "string",
+                                    "enum": [
+                                        "delta",
+                                        "tool_started",
+                                        "tool_finished",
+                                        "status",
+                                        "done",
+                                        "error",
+                                    ],
+                                },
+                                "data": {"type": "string"},
+                                "id": {"type": "string"},
+                            },
+                            "required": ["data"],
                         }
                     }
                 }
@@ -254,8 +284,8 @@ def api_router() -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": ChatRequest.model_json_schema()},
-                    "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+                    "application/json": {"schema": inline_json_schema(ChatRequest)},
+                    "multipart/form-data": {"schema": _multipart_schema()},
                 },
             }
         },

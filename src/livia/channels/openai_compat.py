@@ -48,6 +48,7 @@ from livia.channels.http import (
     printable_id,
     valid_unicode,
 )
+from livia.channels.schema import inline_json_schema
 from livia.conversations import ConversationError, IncomingMessage, Reply, Ticket
 
 if TYPE_CHECKING:
@@ -407,8 +408,14 @@ def openai_router() -> APIRouter:
                 "content": {
                     "text/event-stream": {
                         "schema": {
-                            "type": "string",
+                            "type": "object",
                             "description": "chat.completion.chunk events, then data: [DONE]",
+                            "properties": {
+                                "event": {"type": "string"},
+                                "data": {"type": "string"},
+                                "id": {"type": "string"},
+                            },
+                            "required": ["data"],
                         }
                     }
                 },
@@ -425,7 +432,7 @@ def openai_router() -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": ChatCompletionRequest.model_json_schema()}
+                    "application/json": {"schema": inline_json_schema(ChatCompletionRequest)}
                 },
             },
             "parameters": [

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client.exposition import choose_encoder
 
 from livia.monitoring.auth import monitoring_denied
@@ -44,7 +44,12 @@ def monitoring_router() -> APIRouter:
         state = getattr(request.app.state, "livia", None)
         return JSONResponse(await deployment(state), headers=_NO_STORE)
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics(request: Request) -> Response:
         if (denied := await monitoring_denied(request)) is not None:
             return denied
