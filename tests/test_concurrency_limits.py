@@ -54,6 +54,9 @@ async def test_fail_fast_carries_retry_after_and_says_when() -> None:
     assert "3 requests per hour used" in str(info.value)
     assert "available again at" in str(info.value)
     assert manager.get_stats("x")["capacity_exhausted"] == 1
+    # the dashboard says when the spent window frees
+    hour = manager.get_stats("x")["limits"]["requests_per_hour"]
+    assert hour["used"] == 3 and hour["frees_in"] == pytest.approx(3600, abs=1)
 
 
 async def test_hourly_window_binds_before_the_minute_one() -> None:

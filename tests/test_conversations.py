@@ -144,6 +144,8 @@ async def test_busy_beyond_max_queued(store: Store) -> None:
     with pytest.raises(Busy) as err:
         await conv.accept(_msg("c", "3"))
     assert err.value.retry_after >= 1
+    assert "(2 messages waiting)" in str(err.value)
+    assert "(1 message waiting)" in str(Busy(5, 1))  # not "1 messages"
     assert conv.stats()["rejected"] == 1 and conv.stats()["queued"] == 2
     # a repeat of an accepted message is not refused
     assert (await conv.accept(_msg("c", "1"))).duplicate

@@ -213,11 +213,10 @@ class MemoryLimiter:
             }
         }
         for window, (_, _, seconds) in zip(self.windows, self.policy.windows, strict=True):
-            out[window.name] = {
-                "limit": window.limit,
-                "used": window.used(now),
-                "window_s": seconds,
-            }
+            used = window.used(now)
+            out[window.name] = {"limit": window.limit, "used": used, "window_s": seconds}
+            if used >= window.limit:  # spent: when the next start is allowed again
+                out[window.name]["frees_in"] = round(window.wait(now), 1)
         if self.tokens is not None:
             out["tokens_per_minute"] = {
                 "limit": self.tokens.limit,

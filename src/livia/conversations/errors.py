@@ -14,7 +14,8 @@ class Busy(ConversationError):
         self.retry_after = max(1.0, float(retry_after))
         self.queued = queued
         super().__init__(
-            f"Livia is busy ({queued} messages waiting); please retry in {self.retry_after:.0f} s"
+            f"Livia is busy ({queued} message{'' if queued == 1 else 's'} waiting); "
+            f"please retry in {self.retry_after:.0f} s"
         )
 
 

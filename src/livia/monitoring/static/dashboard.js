@@ -260,7 +260,11 @@
       const bar = el("div", "bar");
       const label = el("div", "bar-label");
       const windowText = num(w.window_s) ? ` · ${num(w.window_s) >= 3600 ? `${num(w.window_s) / 3600} h` : `${num(w.window_s)} s`} window` : "";
-      label.append(el("span", "", `${LIMIT_NAMES[lname] || lname}${windowText}`), el("b", "", `${fmtInt(used)} / ${fmtInt(cap)}`));
+      // A spent window says when it frees (the hour's Zapier quota: "frees 14:02, in 51 min").
+      const frees = num(w.frees_in) > 0
+        ? ` · frees ${new Date(Date.now() + num(w.frees_in) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}, in ${fmtWait(num(w.frees_in))}`
+        : "";
+      label.append(el("span", "", `${LIMIT_NAMES[lname] || lname}${windowText}${frees}`), el("b", "", `${fmtInt(used)} / ${fmtInt(cap)}`));
       const track = el("div", "track");
       const fill = el("div", `fill${frac >= 1 ? " full" : frac >= 0.8 ? " warn" : ""}`);
       fill.style.width = `${(frac * 100).toFixed(1)}%`;
@@ -376,6 +380,10 @@
     ]);
     for (const [name, s] of Object.entries(upstreams)) renderUpstream(name, s, ups.get(name));
     renderTools(stats.tools);
+  }
+
+  function fmtWait(seconds) {
+    return seconds < 90 ? `${Math.ceil(seconds)} s` : `${Math.ceil(seconds / 60)} min`;
   }
 
   /** Where the limits are kept: said plainly, and loudly when Redis is away. */
