@@ -4,8 +4,10 @@ The model is `livia sim openai` (a subprocess) at a given latency and limits. In
 run, the baseline: the bare `openai` SDK calling the same simulator with the same
 concurrency (what a process with no Livia around it costs). Printed:
 
-- throughput, and its ratio to the upstream bound (the baseline's makespan: what the
-  upstream allows this workload);
+- throughput, and its ratio to the upstream bound: the least makespan the upstream
+  allows (the longest conversation's M latencies, drawn from the same distribution; with
+  limits, also N·M·mean latency ÷ max_concurrent and the per-minute rate); the baseline's
+  ratio to the same bound shows what one client process reaches on this machine;
 - added latency p50/p99: Livia's end-to-end latency per message minus the baseline's, at
   the same percentile (same latency distribution and seed);
 - peak RSS and open fds of the serving processes (sampled every 0.25 s), the event loop's
@@ -50,6 +52,26 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def upstream_bound(spec: str, n: int, m: int, limits: dict[str, int], seed: int = 7) -> float:
+    """The least makespan the upstream allows: each conversation's messages go one after
+    another (so the longest sum of m latencies, over n conversations, drawn here from the
+    same distribution), and with limits no faster than the slots and the minute allow."""
+    import random
+
+    from livia.sim.latency import parse_latency
+
+    latency = parse_latency(spec)
+    rng = random.Random(seed)
+    draws = [[latency.sample(rng) for _ in range(m)] for _ in range(n)]
+    longest = max(sum(d) for d in draws)
+    mean = statistics.fmean(x for d in draws for x in d)
+    total = n * m
+    slots = total * mean / limits["max_concurrent"]
+    rpm = limits["requests_per_minute"]
+    rate = 60.0 * (math.ceil(total / rpm) - 1) if total > rpm else 0.0
+    return max(longest, slots, rate)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -151,7 +173,7 @@ async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"{proc.args} exited:\n{_tail(log)}")
+                raise SystemExit(f"{proc.args!r} exited:\n{_tail(log)}")
             with contextlib.suppress(httpx.TransportError):
                 if (await client.get(url)).status_code == 200:
                     return
@@ -185,11 +207,18 @@ async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
         for i in range(m):
             t0 = time.perf_counter()
             try:
-                async with gate:
-                    await client.chat.completions.create(
+                async with gate:  # the request Livia makes: streamed, usage in the last chunk
+                    stream = await client.chat.completions.create(
                         model="gpt-4o-mini",
                         messages=[{"role": "user", "content": f"conversation {c} message {i}"}],
+                        stream=True,
+                        stream_options={"include_usage": True},
                     )
+                    text = ""
+                    async with stream:
+                        async for chunk in stream:
+                            for choice in chunk.choices[:1]:
+                                text += choice.delta.content or ""
             except Exception:
                 failures += 1
                 continue
@@ -209,6 +238,7 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     latencies: list[float] = []
     failures = 0
+    resent = [0]
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
         async def conversation(c: int) -> None:
@@ -221,11 +251,15 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
                     "message_id": f"load-{c}-{i}",
                 }
                 t0 = time.perf_counter()
-                try:
-                    resp = await client.post("/v1/chat", json=body)
+                ok = False
+                for _ in range(3):  # a connection the server closed as idle: send it again
+                    try:  # (same message_id: answered once)
+                        resp = await client.post("/v1/chat", json=body)
+                    except httpx.TransportError:
+                        resent[0] += 1
+                        continue
                     ok = resp.status_code == 200 and resp.json().get("error") is None
-                except httpx.HTTPError:
-                    ok = False
+                    break
                 if ok:
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -239,7 +273,7 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
         cpu = sampler.cpu() - cpu0
         sampling.cancel()
         sampler.sample()
-    return Result(makespan, latencies, failures, cpu)
+    return Result(makespan, latencies, failures, cpu, {"resent": resent[0]})
 
 
 async def _loop_lag(url: str, workers: int) -> dict[str, dict[str, Any]]:
@@ -282,10 +316,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         sim = stack.enter_context(_process(sim_args, env, tmp / "sim.log"))
         await _wait_http(f"{sim_url}/v1/models", sim, tmp / "sim.log", 30)
 
+        sim_cpu = _cpu_s(sim.pid)
         base = await baseline(
             sim_url, n, m, REFERENCE["max_concurrent"] if limits is REFERENCE else None
         )
         out["baseline_sim_requests"] = await _sim_requests(sim_url)
+        out["baseline_sim_cpu_s"] = _cpu_s(sim.pid) - sim_cpu
 
         livia_env = {
             **env,
@@ -316,7 +352,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         sampler = Sampler(livia.pid)
         sampler.sample()
         idle_rss = dict(sampler.rss_mb)
+        sim_cpu = _cpu_s(sim.pid)
         lived = await through_livia(url, n, m, sampler)
+        out["livia_sim_cpu_s"] = _cpu_s(sim.pid) - sim_cpu
         out["livia_sim_requests"] = await _sim_requests(sim_url)
         out["loop"] = await _loop_lag(url, workers)
         out["load_after"] = os.getloadavg()[0]
@@ -331,10 +369,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             (v for pid, v in sampler.fds.items() if pid in workers_rss), default=0
         )
     total = n * m
-    bound = base.makespan
+    bound = upstream_bound(args.latency, n, m, limits)
+    out["bound_s"] = bound
     out["baseline"] = {
         "makespan_s": base.makespan,
         "per_s": total / base.makespan,
+        "efficiency": bound / base.makespan,
         "p50_s": _pct(base.latencies, 0.5),
         "p99_s": _pct(base.latencies, 0.99),
         "failures": base.failures,
@@ -350,6 +390,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "added_p99_ms": (_pct(lived.latencies, 0.99) - _pct(base.latencies, 0.99)) * 1000,
         "mean_s": statistics.fmean(lived.latencies) if lived.latencies else math.nan,
         "lost": lived.failures,
+        "resent": lived.extra["resent"],
         "twice": max(0, out["livia_sim_requests"] - (total - lived.failures)),
         "cpu_ms_per_message": lived.cpu_s * 1000 / total,
     }
@@ -359,6 +400,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> str:
     b, v = r["baseline"], r["livia"]
+    total = r["conversations"] * r["messages"]
     lag = r["loop"].values()
     p99 = max((x.get("lag_p99_ms") or 0 for x in lag), default=math.nan)
     worst = max((x.get("lag_worst_ms") or 0 for x in lag), default=math.nan)
@@ -366,17 +408,23 @@ def report(r: dict[str, Any]) -> str:
         f"{r['conversations']} conversations × {r['messages']} messages, latency {r['latency']}, "
         f"limits {r['limits']}, {r['workers']} worker(s); {r['cores']} cores, "
         f"load average {r['load_before']:.1f} before, {r['load_after']:.1f} after",
-        f"  {'':28s} {'makespan':>9s} {'msg/s':>7s} {'p50':>7s} {'p99':>7s} {'CPU/msg':>8s}",
+        f"  {'':28s} {'makespan':>9s} {'msg/s':>7s} {'÷bound':>6s} {'p50':>7s} {'p99':>7s} "
+        f"{'CPU/msg':>8s}",
+        f"  {'upstream bound':28s} {r['bound_s']:8.2f}s {total / r['bound_s']:7.0f}",
         f"  {'baseline (bare openai SDK)':28s} {b['makespan_s']:8.2f}s {b['per_s']:7.0f} "
-        f"{b['p50_s']:6.2f}s {b['p99_s']:6.2f}s {b['cpu_ms_per_message']:6.2f}ms",
+        f"{b['efficiency']:6.2f} {b['p50_s']:6.2f}s {b['p99_s']:6.2f}s "
+        f"{b['cpu_ms_per_message']:6.2f}ms",
         f"  {'livia serve over HTTP':28s} {v['makespan_s']:8.2f}s {v['per_s']:7.0f} "
-        f"{v['p50_s']:6.2f}s {v['p99_s']:6.2f}s {v['cpu_ms_per_message']:6.2f}ms",
-        f"  throughput / upstream bound: {v['efficiency']:.2f}   added latency p50 "
-        f"{v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
+        f"{v['efficiency']:6.2f} {v['p50_s']:6.2f}s {v['p99_s']:6.2f}s "
+        f"{v['cpu_ms_per_message']:6.2f}ms",
+        f"  livia vs baseline: throughput {b['makespan_s'] / v['makespan_s']:.2f}, added latency "
+        f"p50 {v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
         f"  per worker: RSS {r['rss_idle_mb']:.0f} → {r['rss_peak_mb']:.0f} MB peak, fds peak "
         f"{r['fds_peak']}, loop lag p99 {p99:.0f} ms (worst {worst:.0f} ms)",
-        f"  lost {v['lost']}, twice {v['twice']} (model calls: baseline "
-        f"{r['baseline_sim_requests']}, livia {r['livia_sim_requests']})",
+        f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']} (model calls: baseline "
+        f"{r['baseline_sim_requests']}, livia {r['livia_sim_requests']}); the simulator's "
+        f"CPU per message: {r['baseline_sim_cpu_s'] * 1000 / total:.1f} ms (baseline), "
+        f"{r['livia_sim_cpu_s'] * 1000 / total:.1f} ms (livia)",
     ]
     return "\n".join(lines)
 
