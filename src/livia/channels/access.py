@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from livia.channels.errors import ApiError
+from livia.channels.errors import ApiError, running_livia
 from livia.conversations import UnknownConversation
 from livia.identity import Identity, Principal, Unauthenticated
 
@@ -35,13 +35,6 @@ def foreign_prefix(conversation_id: str) -> str | None:
     return next((p for p in FOREIGN_PREFIXES if lowered.startswith(p)), None)
 
 
-def _livia(request: Request) -> Livia:
-    livia: Livia | None = getattr(request.app.state, "livia", None)
-    if livia is None:
-        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
-    return livia
-
-
 def identity_of(livia: Livia) -> Identity:
     """The running Livia's `Identity` (built on first use)."""
     found: Identity | None = getattr(livia, "identity", None)
@@ -54,7 +47,7 @@ def identity_of(livia: Livia) -> Identity:
 
 async def authenticate(request: Request) -> Principal:
     """The caller of `request`; a 401 (or 403 local-only) `ApiError` when it may not call."""
-    livia = _livia(request)
+    livia = running_livia(request)
     peer = request.client.host if request.client is not None else None
     try:
         return await identity_of(livia).principal(request.headers.get("authorization"), peer)

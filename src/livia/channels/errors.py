@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-__all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "errors"]
+if TYPE_CHECKING:
+    from livia.app import Livia
+
+__all__ = [
+    "ApiError",
+    "ErrorBody",
+    "ErrorResponse",
+    "error_response",
+    "errors",
+    "read_capped",
+    "running_livia",
+]
 
 
 class ErrorBody(BaseModel):
@@ -65,3 +80,38 @@ def errors(*statuses: int) -> dict[int | str, dict[str, object]]:
         status: {"model": ErrorResponse, "description": described.get(status, "Error")}
         for status in statuses
     }
+
+
+def running_livia(request: Request) -> Livia:
+    """The app's running Livia; a 503 ``not_ready`` while it starts or stops."""
+    livia: Livia | None = getattr(request.app.state, "livia", None)
+    if livia is None:
+        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
+    return livia
+
+
+async def read_capped(
+    request: Request,
+    limit: int,
+    *,
+    more: int = 0,
+    wants_more: Callable[[bytes], bool] | None = None,
+) -> bytes:
+    """The request body, refusing (413) to read past `limit` bytes — or past `limit` +
+    `more` when `wants_more(the first limit bytes)` says this body may be that long.
+
+    The declared Content-Length is checked first, then the bytes as they come, so an
+    oversized body is never held in memory whole.
+    """
+    most = limit + more
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > most:
+        raise ApiError(413, "payload_too_large", f"the request body is over {most} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit and (wants_more is None or not wants_more(bytes(body[:limit]))):
+            raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
+        if len(body) > most:
+            raise ApiError(413, "payload_too_large", f"the request body is over {most} bytes")
+    return bytes(body)

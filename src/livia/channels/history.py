@@ -19,12 +19,11 @@ from livia.channels.access import (
     authenticate,
     readable,
 )
-from livia.channels.errors import ApiError, errors
+from livia.channels.errors import ApiError, errors, running_livia
 from livia.conversations import UnknownConversation
 from livia.identity import iso_time
 
 if TYPE_CHECKING:
-    from livia.app import Livia
     from livia.store import ConversationInfo, StoredTurn
 
 __all__ = ["history_json", "history_router"]
@@ -115,13 +114,6 @@ def history_json(conversation_id: str, turns: list[StoredTurn]) -> dict[str, Any
     return {"conversation_id": conversation_id, "messages": messages, "pending": pending}
 
 
-def _livia(request: Request) -> Livia:
-    livia: Livia | None = getattr(request.app.state, "livia", None)
-    if livia is None:
-        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
-    return livia
-
-
 def history_router() -> APIRouter:
     """The conversation routes; they read `request.app.state.livia` per request."""
     router = APIRouter(tags=["conversations"])
@@ -138,7 +130,7 @@ def history_router() -> APIRouter:
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> Response:
         principal = await authenticate(request)
-        livia = _livia(request)
+        livia = running_livia(request)
         owner = act_as(principal, user_id, default="") or None
         found = await livia.store.list_user_conversations(
             user_id=owner, exclude_prefixes=FOREIGN_PREFIXES, limit=limit
@@ -168,7 +160,7 @@ def history_router() -> APIRouter:
     )
     async def conversation(conversation_id: str, request: Request) -> Response:
         principal = await authenticate(request)
-        livia = _livia(request)
+        livia = running_livia(request)
         await readable(livia, principal, conversation_id)
         turns = await livia.conversations.turns(conversation_id)
         return JSONResponse(history_json(conversation_id, turns))
@@ -182,7 +174,7 @@ def history_router() -> APIRouter:
     )
     async def delete_conversation(conversation_id: str, request: Request) -> Response:
         principal = await authenticate(request)
-        livia = _livia(request)
+        livia = running_livia(request)
         await readable(livia, principal, conversation_id)
         outcome = await livia.store.delete_idle_conversation(conversation_id)
         if outcome == "missing":

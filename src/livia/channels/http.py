@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from livia import __version__
 from livia.agent.events import TurnDone, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
-from livia.channels.errors import ApiError, error_response, errors
+from livia.channels.errors import ApiError, error_response, errors, running_livia
 from livia.channels.schema import inline_json_schema
 from livia.channels.uploads import (
     MULTIPART_SCHEMA,
@@ -169,13 +169,6 @@ def valid_unicode(value: str) -> str:
     return value
 
 
-def _state(request: Request) -> Livia:
-    livia: Livia | None = getattr(request.app.state, "livia", None)
-    if livia is None:
-        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
-    return livia
-
-
 def _reply_json(reply: Reply) -> dict[str, Any]:
     return {
         "conversation_id": reply.conversation_id,
@@ -184,19 +177,6 @@ def _reply_json(reply: Reply) -> dict[str, Any]:
         "error": reply.error,
         "duplicate": reply.duplicate,
     }
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) to read more than `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
-    return bytes(body)
 
 
 def _parse_chat(body: bytes, max_text_bytes: int, *, named: bool = True) -> ChatRequest:
@@ -292,7 +272,7 @@ def api_router() -> APIRouter:
     )
     async def chat(request: Request) -> Response:
         principal = await authenticate(request)  # before the body is read
-        livia = _state(request)
+        livia = running_livia(request)
         limit = livia.settings.server.max_text_bytes
         uploads = None
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -349,7 +329,7 @@ def api_router() -> APIRouter:
     )
     async def info(request: Request) -> Response:
         await authenticate(request)
-        livia = _state(request)
+        livia = running_livia(request)
         return JSONResponse(
             {
                 "version": __version__,

@@ -40,11 +40,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from livia.agent.events import TextDelta, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
-from livia.channels.errors import ApiError, errors
+from livia.channels.errors import ApiError, errors, read_capped, running_livia
 from livia.channels.http import (
     _conversation_error,
     _describe,
-    _read_body,
     printable_id,
     valid_unicode,
 )
@@ -455,9 +454,9 @@ def openai_router() -> APIRouter:
     )
     async def completions(request: Request) -> Response:
         principal = await authenticate(request)  # before the body is read
-        livia = _livia(request)
+        livia = running_livia(request)
         limit = livia.settings.server.max_text_bytes
-        req = _parse(await _read_body(request, limit * 32 + _BODY_SLACK))
+        req = _parse(await read_capped(request, limit * 32 + _BODY_SLACK))
         user_id = act_as(principal, req.user, default=DEFAULT_USER)
         _checked_id("user", user_id)
         prepared = await _prepare(request, livia, req, user_id)
@@ -517,15 +516,8 @@ def openai_router() -> APIRouter:
     return router
 
 
-def _livia(request: Request) -> Livia:
-    livia: Livia | None = getattr(request.app.state, "livia", None)
-    if livia is None:
-        raise ApiError(503, "not_ready", "Livia is starting or stopping; please retry shortly")
-    return livia
-
-
 def _model(request: Request) -> dict[str, Any]:
-    livia = _livia(request)
+    livia = running_livia(request)
     return Model(id=MODEL_ID, created=int(livia.started_at)).model_dump()
 
 

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from livia.channels.errors import ApiError, errors
+from livia.channels.errors import ApiError, errors, read_capped
 from livia.config import FilesConfig
 from livia.files import Spool, http_refs
 
@@ -92,18 +92,9 @@ async def read_json_body(request: Request, limit: int, files_room: int) -> bytes
     """A JSON body: at most `limit` bytes, or `limit` + `files_room` when it carries
     ``"attachments"`` (a valid request names them within its first `limit` bytes, as its
     other fields fit there)."""
-    most = limit + files_room
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > most:
-        raise ApiError(413, "payload_too_large", f"the request body is over {most} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit and b'"attachments"' not in body[:limit]:
-            raise ApiError(413, "payload_too_large", f"the request body is over {limit} bytes")
-        if len(body) > most:
-            raise ApiError(413, "payload_too_large", f"the request body is over {most} bytes")
-    return bytes(body)
+    return await read_capped(
+        request, limit, more=files_room, wants_more=lambda head: b'"attachments"' in head
+    )
 
 
 async def read_multipart(request: Request, limits: FilesConfig) -> tuple[bytes, list[Item]]:

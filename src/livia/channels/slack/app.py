@@ -28,6 +28,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
+from livia.channels.errors import ApiError, read_capped
 from livia.channels.slack.api import ApiRunner, SlackApi, error_code, new_web_client
 from livia.channels.slack.handling import (
     SlackMessage,
@@ -297,15 +298,11 @@ class SlackChannel:
         """`POST /slack/events`: at most `MAX_EVENT_BYTES` read (413), the signature checked
         on the raw bytes before anything is parsed (401), a malformed signed body refused
         (400), another team's or app's event acknowledged and dropped; then Bolt."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+        try:
+            raw = await read_capped(request, MAX_EVENT_BYTES)
+        except ApiError:
             return _slack_error(413, "payload_too_large", f"over {MAX_EVENT_BYTES} bytes")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_EVENT_BYTES:
-                return _slack_error(413, "payload_too_large", f"over {MAX_EVENT_BYTES} bytes")
-        if not self._signed(bytes(raw), request.headers):
+        if not self._signed(raw, request.headers):
             log.info("slack request refused: bad, missing or expired signature")
             return _slack_error(
                 401, "invalid_signature", "the Slack signature is missing, wrong or too old"
