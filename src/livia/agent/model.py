@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
-from openai import AsyncOpenAI, omit
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, omit
 from openai.types import CompletionUsage
 
 from livia.agent.failures import ModelTimeout, StreamInterrupted
@@ -73,18 +73,34 @@ class ModelReply:
     finish_reason: str | None = None
 
 
+#: Connections the model's client opens at most (the SDK's default), and keeps alive at most.
+MAX_CONNECTIONS = 1000
+MAX_KEEPALIVE = 2000
+
+
 def make_openai_client(settings: Settings) -> AsyncOpenAI:
     """An `AsyncOpenAI` for `[llm]`: its `base_url`, SDK retries off, the request timeout.
 
     Without `OPENAI_API_KEY` a placeholder key is used, which is what a local
     OpenAI-compatible server (the simulator, a self-hosted model) expects.
+
+    Every slot of the upstream's `max_concurrent` keeps its connection alive between calls
+    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one.
     """
     llm = settings.llm
+    policy = settings.policies().get(llm.api)
+    slots = policy.max_concurrent if policy is not None else 0
+    limits = httpx2.Limits(
+        max_connections=max(MAX_CONNECTIONS, min(slots, MAX_KEEPALIVE)),
+        max_keepalive_connections=max(100, min(slots, MAX_KEEPALIVE)),
+        keepalive_expiry=5.0,  # the SDK's
+    )
     return AsyncOpenAI(
         api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
         base_url=llm.base_url or None,
         max_retries=0,  # the concurrency manager owns retries
         timeout=httpx2.Timeout(llm.timeout, connect=min(10.0, llm.timeout)),
+        http_client=DefaultAsyncHttpxClient(limits=limits),
     )
 
 
