@@ -248,6 +248,7 @@ class Store:
         self._writes: Lanes | None = None
         self._reads: Lanes | None = None
         self._beats: Lanes | None = None
+        self._statements: Lanes | None = None
         self._now = _NOW[self.backend]
         self._memory = self.path == ":memory:"
 
@@ -291,6 +292,13 @@ class Store:
             # SQLite takes one writer at a time: writers queue here, not in its busy loop.
             writers = 8 if self.backend == "postgresql" else 1
             self._writes = Lanes(engine, writers, livia_write=True)
+            # PostgreSQL: the hot path's writes are single statements, sent without a
+            # BEGIN/COMMIT round trip each.
+            self._statements = (
+                Lanes(engine, writers, isolation_level="AUTOCOMMIT")
+                if self.backend == "postgresql"
+                else None
+            )
             self._reads = Lanes(engine, 4, isolation_level="AUTOCOMMIT")
             # Its own connection: a heartbeat never queues behind the work (a busy
             # process must not look dead to the others).
@@ -404,8 +412,9 @@ class Store:
             log.warning("store close: could not give back claims: %s", exc)
         finally:
             engine, self._engine = self._engine, None
-            lanes = {id(x): x for x in (self._writes, self._reads, self._beats) if x is not None}
-            self._writes = self._reads = self._beats = None
+            every = (self._writes, self._reads, self._beats, self._statements)
+            lanes = {id(x): x for x in every if x is not None}
+            self._writes = self._reads = self._beats = self._statements = None
             for lane in lanes.values():
                 await lane.close()
             await engine.dispose()
@@ -436,6 +445,17 @@ class Store:
     def _beat_write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A write on the heartbeat's own connection (not queued behind the work)."""
         return self._transaction(self._beats, "heartbeat")
+
+    @contextlib.asynccontextmanager
+    async def _statement(self) -> AsyncIterator[AsyncConnection]:
+        """A PostgreSQL connection in autocommit: each statement is its own transaction."""
+        if self._statements is None:
+            raise StoreError("the store is closed")
+        try:
+            async with self._statements.hold() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"store write failed ({self.display}): {_reason(exc)}") from None
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -493,6 +513,8 @@ class Store:
             "me": self.owner,
             "claim": 1 if claim else 0,
         }
+        if self.backend == "postgresql":
+            return await self._accept_one_statement(params)
         async with self._write() as conn:
             # Locks the conversation's row: intake of one conversation is serialised, so
             # seq follows commit order; its counters say whether this is the oldest
@@ -546,6 +568,57 @@ class Store:
                 return Accepted(_turn(existing), created=False, first=False)
         return Accepted(_turn(row), created=True, first=messages == 1)
 
+    async def _accept_one_statement(self, params: dict[str, Any]) -> Accepted:
+        """`accept` on PostgreSQL in one statement: the conversation's row is upserted (and
+        locked) first — the message's insert reads from it — so seq follows commit order."""
+        head = "(:claim = 1 AND conv.pending = 1)"
+        async with self._statement() as conn:
+            row = (
+                await conn.execute(
+                    _sql(
+                        "WITH conv AS (INSERT INTO conversations (conversation_id, user_id,"
+                        " channel, title, created_at, updated_at, messages, pending)"
+                        " VALUES (:cid, :uid, :channel, :title, :now, :now, 1, 1)"
+                        " ON CONFLICT (conversation_id) DO UPDATE SET"
+                        " messages = conversations.messages + 1,"
+                        " pending = conversations.pending + 1, updated_at = :now"
+                        " RETURNING messages, pending),"
+                        " ins AS (INSERT INTO messages (conversation_id, message_id, user_id,"
+                        " channel, text, meta, received_at, accepted_by, owner, claimed_at,"
+                        " attempts)"
+                        " SELECT CAST(:cid AS TEXT), CAST(:mid AS TEXT), CAST(:uid AS TEXT),"
+                        " CAST(:channel AS TEXT), CAST(:text AS TEXT), CAST(:meta AS TEXT),"
+                        " CAST(:now AS DOUBLE PRECISION), CAST(:me AS TEXT),"
+                        f" CASE WHEN {head} THEN CAST(:me AS TEXT) END,"
+                        f" CAST(:now AS DOUBLE PRECISION), CASE WHEN {head} THEN 1 ELSE 0 END"
+                        " FROM conv ON CONFLICT (conversation_id, message_id) DO NOTHING"
+                        f" RETURNING {_COLUMNS})"
+                        " SELECT ins.*, conv.messages FROM conv LEFT JOIN ins ON TRUE"
+                    ),
+                    params,
+                )
+            ).one()
+            if row[0] is not None:
+                return Accepted(_turn(row), created=True, first=row[-1] == 1)
+            # a repeat: undo the counts, return the message as it stands
+            await conn.execute(
+                _sql(
+                    "UPDATE conversations SET messages = messages - 1,"
+                    " pending = pending - 1 WHERE conversation_id = :cid"
+                ),
+                params,
+            )
+            existing = (
+                await conn.execute(
+                    _sql(
+                        f"SELECT {_COLUMNS} FROM messages"
+                        " WHERE conversation_id = :cid AND message_id = :mid"
+                    ),
+                    params,
+                )
+            ).one()
+        return Accepted(_turn(existing), created=False, first=False)
+
     # -- answering ----------------------------------------------------------------------
 
     async def claim_ready(self, limit: int) -> list[StoredTurn]:
@@ -593,6 +666,8 @@ class Store:
             "instance": self.instance_id,
             "delivered": 1 if delivered else 0,
         }
+        if self.backend == "postgresql":
+            return await self._complete_one_statement(params, claim_next=claim_next)
         async with self._write() as conn:
             row = (
                 await conn.execute(
@@ -631,6 +706,57 @@ class Store:
                         )
                     ).scalar()
                 )
+            following = None
+            if claim_next and left:
+                following = (
+                    await conn.execute(
+                        _sql(
+                            "UPDATE messages SET owner = :me, claimed_at = :now,"
+                            " attempts = attempts + 1"
+                            " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
+                            "  WHERE h.conversation_id = :cid AND h.status = 'pending')"
+                            f" AND {self._claimable()}"
+                            f" RETURNING {_COLUMNS}"
+                        ),
+                        params,
+                    )
+                ).first()
+        return Completion(
+            stored=True,
+            turn=turn,
+            acceptor_alive=alive,
+            next=_turn(following) if following is not None else None,
+        )
+
+    async def _complete_one_statement(
+        self, params: dict[str, Any], *, claim_next: bool
+    ) -> Completion:
+        """`complete` on PostgreSQL: the fenced reply, the conversation's count (its row lock
+        orders this against an intake) and the acceptor's liveness in one statement; then,
+        when messages wait, the next one claimed in a second (a fresh snapshot sees an
+        intake that committed meanwhile)."""
+        async with self._statement() as conn:
+            row = (
+                await conn.execute(
+                    _sql(
+                        "WITH done AS (UPDATE messages SET status = :status, reply = :reply,"
+                        " error = :error, answered_at = :now, answered_by = :instance,"
+                        " delivered = :delivered WHERE conversation_id = :cid"
+                        " AND message_id = :mid AND status = 'pending' AND owner = :me"
+                        f" RETURNING {_COLUMNS}),"
+                        " conv AS (UPDATE conversations SET pending = pending - 1,"
+                        " updated_at = :now WHERE conversation_id = :cid"
+                        " AND EXISTS (SELECT 1 FROM done) RETURNING pending)"
+                        f" SELECT done.*, conv.pending, {self._alive('done.accepted_by')}"
+                        " FROM done LEFT JOIN conv ON TRUE"
+                    ),
+                    params,
+                )
+            ).first()
+            if row is None:
+                return Completion(stored=False)
+            turn = _turn(row)
+            left, alive = row[-2], bool(row[-1]) or turn.accepted_by == self.owner
             following = None
             if claim_next and left:
                 following = (
