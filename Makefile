@@ -32,8 +32,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy src/livia
 
+# Three workers on two cores: most tests wait on real servers and processes, not the CPU.
+# One worker per test file (loadfile), so a file's servers and fixtures stay together.
 pytest: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 test: lint typecheck pytest
 

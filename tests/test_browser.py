@@ -135,12 +135,18 @@ class Page:
         deadline = time.monotonic() + timeout
         probe = f"(() => {{ const v = ({expression}); return v instanceof Node ? true : v; }})()"
         while True:
-            value = await self.js(probe)
+            try:
+                value = await self.js(probe)
+            except CdpError as exc:  # the page is not there yet (mid-navigation): poll again
+                value, thrown = None, exc
+            else:
+                thrown = None
             if value:
                 return value
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"timed out after {timeout} s waiting for {what}; JS errors: {self.errors}"
+                    + (f"; last: {thrown}" if thrown else "")
                 )
             await asyncio.sleep(0.1)
 
@@ -633,6 +639,12 @@ async def test_two_tabs_keep_each_others_conversations(
         await tab_a.call("Page.bringToFront")
         await tab_a.call("Page.reload")
         await tab_a.wait_for("window.liviaChat && window.liviaChat.listed", "the server's list")
+        both = (
+            "(() => { const t = [...document.querySelectorAll('.tab .title')]"
+            ".map(e => e.textContent); return t.includes('Hello from tab A')"
+            " && t.includes('Hello from tab B'); })()"
+        )
+        await tab_a.wait_for(both, "both tabs' conversations listed after the reload")
         titles = await tab_a.js(
             "[...document.querySelectorAll('.tab .title')].map(t => t.textContent)"
         )

@@ -313,7 +313,7 @@ base_url = "{url}/v1"
 
 [[mcp.servers]]
 name = "down"
-url = "{CLOSED}/mcp"
+url = "{CLOSED}/s/zap-0123456789abcdef-key/mcp"
 
 [[mcp.servers]]
 name = "missing"
@@ -338,6 +338,7 @@ redis_url = "redis://:hunter2@127.0.0.1:9/0"
     assert found["model"].startswith("✗") and "refused the key (HTTP 401)" in found["model"]
     assert "check OPENAI_API_KEY" in out
     assert found["mcp down"].startswith("✗") and "check the url" in out
+    assert "zap-0123456789abcdef-key" not in out  # an MCP URL is shown as scheme + host
     assert found["mcp missing"].startswith("✗") and "is it installed?" in out
     assert found["slack"].startswith("✗") and "invalid_auth" in found["slack"]
     assert "SLACK_BOT_TOKEN was refused" in out

@@ -28,7 +28,7 @@ from livia.config import (
     UnsetVariable,
     load_settings,
 )
-from livia.logs import safe_url
+from livia.logs import safe_url, scrub, url_origin
 
 Status = Literal["ok", "fail", "warn", "skip"]
 MARKS: dict[Status, tuple[str, str]] = {
@@ -220,7 +220,7 @@ async def check_mcp(server: McpServerConfig, timeout: float) -> Check:
     where = (
         f"`{shlex.join([server.command, *server.args])}`"
         if server.command
-        else safe_url(server.resolved_url())
+        else url_origin(server.resolved_url())  # Zapier puts the key in the path: host only
     )
     started = time.monotonic()
     try:
@@ -244,7 +244,7 @@ async def check_mcp(server: McpServerConfig, timeout: float) -> Check:
             if server.command
             else "check the url, the headers (tokens) and that the server is up"
         )
-        return Check(name, "fail", f"{where}: {type(root).__name__}: {root}", fix)
+        return Check(name, "fail", f"{where}: {scrub(f'{type(root).__name__}: {root}')}", fix)
     names = [t.name for t in tools.tools]
     shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
     return Check(
