@@ -135,7 +135,9 @@ class Conversations:
         self._history_turns = history_turns
         self._poll_interval = poll_interval
         lease = store.lease
-        self._scan_interval = scan_interval if scan_interval is not None else min(1.0, lease / 4)
+        # Takeover within lease + lease/4; messages left unclaimed while every slot here was
+        # busy are taken at once when a slot frees (the scan is woken), so this can be slow.
+        self._scan_interval = scan_interval if scan_interval is not None else lease / 4
         self._heartbeat_interval = min(1.0, lease / 4)
         self._deliveries: dict[str, ReplyDelivery] = {}
         #: Every unfinished message this process knows: accepted here, claimed here or waited on.

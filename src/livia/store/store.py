@@ -446,6 +446,11 @@ class Store:
         """A write on the heartbeat's own connection (not queued behind the work)."""
         return self._transaction(self._beats, "heartbeat")
 
+    def _single(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for a write that is one statement: autocommit on PostgreSQL (no
+        BEGIN/COMMIT round trips), a write transaction on SQLite."""
+        return self._statement() if self._statements is not None else self._write()
+
     @contextlib.asynccontextmanager
     async def _statement(self) -> AsyncIterator[AsyncConnection]:
         """A PostgreSQL connection in autocommit: each statement is its own transaction."""
@@ -637,7 +642,7 @@ class Store:
             f" AND {self._claimable()}"
             f" RETURNING {_COLUMNS}"
         )
-        async with self._write() as conn:
+        async with self._single() as conn:
             rows = (
                 await conn.execute(
                     _sql(sql), {"me": self.owner, "now": time.time(), "limit": limit}
@@ -814,7 +819,7 @@ class Store:
             f" WHERE {orphan('m')} ORDER BY m.seq LIMIT :limit) AND {orphan('messages')}"
             f" RETURNING {_COLUMNS}"
         )
-        async with self._write() as conn:
+        async with self._single() as conn:
             rows = (
                 await conn.execute(_sql(sql), {"me": self.owner, "limit": limit, **names})
             ).all()
@@ -828,13 +833,13 @@ class Store:
             f" OR NOT {self._alive('messages.accepted_by')})"
             f" RETURNING {_COLUMNS}"
         )
-        async with self._write() as conn:
+        async with self._single() as conn:
             row = (await conn.execute(_sql(sql), {"me": self.owner, "seq": seq})).first()
         return _turn(row) if row is not None else None
 
     async def mark_delivered(self, seq: int) -> None:
         """Record that the reply of message `seq` reached its channel."""
-        async with self._write() as conn:
+        async with self._single() as conn:
             await conn.execute(
                 _sql("UPDATE messages SET delivered = 1 WHERE seq = :seq"), {"seq": seq}
             )
@@ -1019,7 +1024,7 @@ class Store:
         different replicas) never both see False.
         """
         now = time.time()
-        async with self._write() as conn:
+        async with self._single() as conn:
             row = (
                 await conn.execute(
                     _sql(
@@ -1034,7 +1039,7 @@ class Store:
 
     async def mark(self, key: str, *, ttl: float) -> None:
         """Record `key` for `ttl` seconds (extending an existing mark)."""
-        async with self._write() as conn:
+        async with self._single() as conn:
             await conn.execute(
                 _sql(
                     "INSERT INTO marks (key, expires) VALUES (:key, :expires)"
