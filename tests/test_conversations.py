@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from livia.agent.events import TextDelta, TurnDone, TurnEvent
 from livia.conversations import (
     Busy,
     ChatMessage,
+    ConversationError,
     Conversations,
     IncomingMessage,
     MessageIdConflict,
@@ -332,3 +334,44 @@ async def test_stats_shape(store: Store) -> None:
     assert stats["average_turn_seconds"] >= 0
     await conv.aclose()
     assert conv.stats()["running"] is False
+
+
+async def test_a_reply_that_cannot_be_stored_is_never_delivered_and_is_answered_again(
+    tmp_path: Path,
+) -> None:
+    """Issue 10, item 11: commit first. A reply the store refuses (disk full) reaches no
+    waiter and no channel; once the disk has room the message is answered again, once."""
+    from tests.test_serve_hardening import _fill, _tiny_tmpfs
+
+    big = "y" * 200_000  # new pages: a full disk refuses them
+    with _tiny_tmpfs(tmp_path / "disk", "3m") as disk:
+        store = Store(f"sqlite:///{disk}/livia.db", lease=2.0)
+        await store.open()
+        gate = asyncio.Event()
+        responder = EchoResponder(gate=gate)
+        conv = Conversations(responder, store, scan_interval=0.2)
+        recorder = _Recorder()
+        conv.register_delivery("slack", recorder)
+        await conv.start()
+        try:
+            msg = IncomingMessage("t", "u", big, "e1", channel="slack")
+            ticket = await conv.accept(msg)
+            filler = _fill(disk)
+            gate.set()
+            with pytest.raises(ConversationError):
+                await ticket.wait(timeout=30)
+            assert recorder.delivered == []  # not stored: not delivered
+            assert (await store.get("t", "e1")).status == "pending"  # type: ignore[union-attr]
+            filler.unlink()  # room again: the message is answered (and delivered) once
+            for _ in range(300):
+                if recorder.delivered:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            assert [m.message_id for m, _ in recorder.delivered] == ["e1"]
+            assert len(responder.calls) == 2  # the unstored answer, then the kept one
+            stored = await store.get("t", "e1")
+            assert stored is not None and stored.status == "answered"
+        finally:
+            await conv.aclose()
+            await store.close()
