@@ -223,3 +223,25 @@ async def test_message_path_is_logged_with_its_ids(
     lines = [r.getMessage() for r in caplog.records if "msg-y" in r.getMessage()]
     assert len(lines) >= 4  # received, accepted, answering, answered, replied
     assert all("conversation_id=conv-x" in line for line in lines)
+
+
+async def test_a_stream_says_when_its_model_call_waits_or_is_retried(livia_server: Any) -> None:
+    """Issue 11: while the manager waits for a slot or sleeps before a retry, the stream
+    carries a `status` event, so a person sees why nothing has come yet."""
+    srv = await livia_server(
+        latency=1.0,
+        sim={"max_concurrent": 1},  # the model takes one request at a time: a 429 for more
+        apis={"openai": {"max_concurrent": 1, "backoff_min": 0.2, "backoff_max": 0.5}},
+    )
+    async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+        first, second = await asyncio.gather(
+            _sse(client, _chat("s1", "first question")),
+            _sse(client, _chat("s2", "second question")),
+        )
+    statuses = [data for name, data in [*first, *second] if name == "status"]
+    assert any(s["state"] == "waiting" and s["upstream"] == "openai" for s in statuses)
+    for events in (first, second):
+        assert events[-1][0] == "done" and events[-1][1]["error"] is None
+        names = [name for name, _ in events]
+        if "status" in names:  # progress comes before the reply it explains
+            assert names.index("status") < names.index("delta")

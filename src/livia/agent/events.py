@@ -45,4 +45,17 @@ class TurnDone:
     kind: Literal["done"] = "done"
 
 
-TurnEvent = TextDelta | ToolStarted | ToolFinished | TurnDone
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Progress a person should see while nothing else happens: an upstream call waits for
+    capacity (`state` "waiting") or sleeps before a retry ("retrying", `retry_in` s)."""
+
+    state: str
+    upstream: str
+    attempt: int = 1
+    retry_in: float | None = None
+    reason: str | None = None
+    kind: Literal["status"] = "status"
+
+
+TurnEvent = TextDelta | ToolStarted | ToolFinished | TurnDone | Status

@@ -444,7 +444,12 @@ class StreamBuffer:
         await self._ready.wait()
 
 
-_EVENT_NAMES = {"text": "delta", "tool_started": "tool_started", "tool_finished": "tool_finished"}
+_EVENT_NAMES = {
+    "text": "delta",
+    "tool_started": "tool_started",
+    "tool_finished": "tool_finished",
+    "status": "status",
+}
 
 
 def event_stream(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:

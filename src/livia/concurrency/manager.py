@@ -22,6 +22,7 @@ from livia.concurrency.errors import CapacityExhausted, UnknownApi
 from livia.concurrency.gate import Gate
 from livia.concurrency.limiter import Backend, MemoryBackend, loop_time
 from livia.concurrency.policy import DEFAULT_POLICIES, ApiPolicy
+from livia.concurrency.progress import WAIT_REPORT_AFTER, progress_sink, report
 from livia.concurrency.retry import backoff_strategy, backoff_wait, classify
 from livia.concurrency.stats import ApiStats
 from livia.logs import describe_error
@@ -142,7 +143,10 @@ class ConcurrencyManager:
             while True:
                 attempt += 1
                 try:
-                    grant = await up.gate.enter(key, cost, give_up - loop_time())
+                    if progress_sink.get() is None:
+                        grant = await up.gate.enter(key, cost, give_up - loop_time())
+                    else:  # someone watches: say so when the wait is noticeable
+                        grant = await self._enter_reporting(up, key, cost, give_up, attempt)
                 except Exception:  # CapacityExhausted, or the backend unreachable
                     stats.failed_requests += 1
                     up.breaker.neutral(probe)
@@ -162,6 +166,14 @@ class ConcurrencyManager:
                     stats.concurrent_requests -= 1
                     await up.gate.leave(grant)
                     wait = await self._after_failure(up, exc, attempt, give_up, key, name, probe)
+                    report(
+                        "retrying",
+                        up.name,
+                        attempt=attempt + 1,
+                        of=policy.retry_attempts,
+                        retry_in=round(wait, 1),
+                        reason=classify(exc).kind,
+                    )
                     stats.backing_off += 1
                     try:
                         await asyncio.sleep(wait)
@@ -190,6 +202,20 @@ class ConcurrencyManager:
             stats.cancelled_requests += 1
             up.breaker.neutral(probe)
             raise
+
+    async def _enter_reporting(
+        self, up: Upstream, key: str, cost: int, give_up: float, attempt: int
+    ) -> Any:
+        """`gate.enter`, reporting a wait for capacity that lasts over WAIT_REPORT_AFTER."""
+        entering = asyncio.ensure_future(up.gate.enter(key, cost, give_up - loop_time()))
+        try:
+            done, _ = await asyncio.wait({entering}, timeout=WAIT_REPORT_AFTER)
+            if not done:
+                report("waiting", up.name, attempt=attempt, waiting=up.gate.waiting)
+            return await entering
+        finally:
+            if not entering.done():
+                entering.cancel()
 
     async def _after_failure(
         self,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-from livia.agent.events import TextDelta, TurnDone, TurnEvent
+from livia.agent.events import Status, TextDelta, TurnDone, TurnEvent
 from livia.concurrency.errors import CapacityExhausted
+from livia.concurrency.progress import progress_sink
 from livia.conversations.types import ChatMessage, EventSink, IncomingMessage, Reply, Responder
 from livia.logs import logging_context
 
@@ -73,6 +75,22 @@ async def _run_turn(
     """
     parts: list[str] = []
     done: TurnDone | None = None  # the responder's own
+    reports: set[asyncio.Task[None]] = set()
+
+    def on_progress(info: dict[str, Any]) -> None:
+        # The manager reports from inside a call: hand the event on without waiting.
+        event = Status(
+            state=str(info.get("state", "")),
+            upstream=str(info.get("upstream", "")),
+            attempt=int(info.get("attempt") or 1),
+            retry_in=info.get("retry_in"),
+            reason=info.get("reason"),
+        )
+        task = asyncio.get_running_loop().create_task(listeners.emit(event))
+        reports.add(task)
+        task.add_done_callback(reports.discard)
+
+    token = progress_sink.set(on_progress)
     try:
         async with asyncio.timeout(timeout):
             files = msg.meta.get("files") if msg.meta else None
@@ -93,6 +111,10 @@ async def _run_turn(
         )
         why = f"an internal error ({type(exc).__name__})"
         done = await _close(listeners, _apology("internal_error", why))
+    finally:
+        progress_sink.reset(token)
+    if reports:  # progress said before the end comes before it
+        await asyncio.wait(reports, timeout=1.0)
     if done is None:
         done = await _close(listeners, TurnDone(text="".join(parts)))
     return Reply(msg.conversation_id, msg.message_id, done.text, error=done.error)
