@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on
 def dry_run(target: str, venv: Path) -> list[str]:
     """The commands `make TARGET` would run with a fresh venv at `venv`."""
     done = subprocess.run(
-        ["make", "-n", target, f"VENV={venv}"],
+        ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],  # also under make
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -214,7 +214,8 @@ async def test_sigterm_ends_every_open_stream_with_done_or_a_retry_error(
     errors = [f for f in finals if f[0] == "error"]
     print(f"\nSIGTERM: {len(done)} done, {len(errors)} error, streams ended in {ended:.1f} s")
     assert len(done) + len(errors) == 16, finals  # none cut off without a last event
-    assert len(done) == 8 and all(d[1]["error"] is None and d[1]["reply"] for d in done)
+    # the 8 turns under way finish in the drain (a waiting one may start and finish too)
+    assert len(done) >= 8 and all(d[1]["error"] is None and d[1]["reply"] for d in done)
     for _, payload in errors:
         assert payload["type"] == "not_running"
         assert "kept" in payload["message"] and "GET /v1/conversations/t" in payload["message"]
