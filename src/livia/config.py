@@ -183,6 +183,8 @@ class ServerConfig(_Section):
     #: Conversations answered at once; more are queued up to `max_queued` then refused (503).
     max_active_conversations: int = Field(default=64, ge=1)
     max_queued: int = Field(default=1000, ge=0)
+    #: Seconds an event-stream client may leave a send unread before it is disconnected.
+    stream_send_timeout: float = Field(default=30.0, gt=0)
     #: This replica's name in /healthz, /stats, the dashboard and metrics (default HOSTNAME-PID).
     instance_id: str = Field(default="", max_length=128)
     #: Processes serving the one port (`livia serve --workers N`); more than one needs

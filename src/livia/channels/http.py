@@ -306,7 +306,7 @@ def api_router() -> APIRouter:
         if stream:
             queue = StreamBuffer()
             ticket = await livia.conversations.accept(msg, on_event=queue.put)
-            return event_stream(_events(ticket, queue))
+            return event_stream(_events(ticket, queue), livia.settings.server.stream_send_timeout)
         ticket = await livia.conversations.accept(msg)
         try:
             reply = await ticket.wait()
@@ -452,10 +452,17 @@ _EVENT_NAMES = {
 }
 
 
-def event_stream(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+def event_stream(
+    events: AsyncIterator[ServerSentEvent],
+    send_timeout: float = STREAM_SEND_TIMEOUT,
+    headers: dict[str, str] | None = None,
+) -> EventSourceResponse:
     """The response for a stream of events: keep-alive pings, and a client that does not
-    read within `STREAM_SEND_TIMEOUT` is disconnected rather than buffered for."""
-    return EventSourceResponse(events, ping=_PING_SECONDS, send_timeout=STREAM_SEND_TIMEOUT)
+    read within `send_timeout` (``[server] stream_send_timeout``) is disconnected rather
+    than buffered for."""
+    return EventSourceResponse(
+        events, headers=headers, ping=_PING_SECONDS, send_timeout=send_timeout
+    )
 
 
 async def _events(ticket: Ticket, queue: StreamBuffer) -> AsyncIterator[ServerSentEvent]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
 from livia.agent.events import TextDelta, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
@@ -44,6 +44,7 @@ from livia.channels.errors import ApiError, errors, read_capped, running_livia
 from livia.channels.http import (
     _conversation_error,
     _describe,
+    event_stream,
     printable_id,
     valid_unicode,
 )
@@ -69,7 +70,6 @@ CONVERSATION_HEADER = "X-Livia-Conversation"
 #: kept and the rest of the reply is sent in one piece from the stored reply.
 STREAM_BUFFER_BYTES = 256 * 1024
 #: Seconds one write to a stream may wait for the client before it is dropped.
-STREAM_SEND_TIMEOUT = 30.0
 _PING_SECONDS = 15
 _BODY_SLACK = 64 * 1024
 
@@ -486,11 +486,10 @@ def openai_router() -> APIRouter:
             buffer = _TextBuffer()
             ticket = await livia.conversations.accept(msg, on_event=buffer.put)
             created = await _created(livia, ticket)
-            return EventSourceResponse(
+            return event_stream(
                 _chunks(ticket, buffer, prepared, created),
-                headers=headers,
-                ping=_PING_SECONDS,
-                send_timeout=STREAM_SEND_TIMEOUT,
+                livia.settings.server.stream_send_timeout,
+                headers,
             )
         ticket = await livia.conversations.accept(msg)
         try:
