@@ -394,3 +394,48 @@ async def test_event_stream_readers_that_never_read_are_bounded(tmp_path: Path) 
     )
     assert rss_peak - rss_before < 250, (rss_before, rss_peak)
     assert took < 2
+
+
+async def test_a_stream_reader_that_stops_reading_is_dropped_after_the_send_timeout(
+    tmp_path: Path,
+) -> None:
+    """Item 13: a client that never reads its event stream is disconnected once a send has
+    waited `[server] stream_send_timeout`; the reply is kept, and other clients are served."""
+    from tests.conftest import serve_app
+
+    # 8 MB: more than the kernel's socket buffers hold, so a send blocks on the reader
+    with serve_app(_big_reply_model(chunks=400, chunk="z" * 20_000)) as model_url:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = _clean_env(
+            LIVIA_STORE__URL=f"sqlite:///{tmp_path}/livia.db",
+            LIVIA_LLM__BASE_URL=f"{model_url}/v1",
+            OPENAI_API_KEY="sk-test",
+            LIVIA_SERVER__STREAM_SEND_TIMEOUT="1",
+        )
+        with _serve(tmp_path, port, env) as served:
+            await _wait_ready(url, served)
+            body = json.dumps({"conversation_id": "slow", "user_id": "u", "text": "big"})
+            request = (
+                f"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+            reader, writer = await _open(port, request)  # and then it never reads
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+                async def answered() -> bool:
+                    r = await client.get("/v1/conversations/slow")
+                    return r.status_code == 200 and not r.json()["pending"]
+
+                await _until(answered, 60, "the big reply stored")
+                await asyncio.sleep(3.0)  # past the 1 s send timeout
+                # reading now: what the kernel buffered, then the server's close, no `done`
+                received = bytearray()
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(20):
+                        while chunk := await reader.read(1 << 20):
+                            received += chunk
+                assert reader.at_eof(), "the server kept the non-reading stream open"
+                assert b"event: done" not in received
+                assert (await client.get("/healthz")).status_code == 200
+            writer.close()
