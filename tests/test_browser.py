@@ -632,7 +632,11 @@ async def test_two_tabs_keep_each_others_conversations(
         await send(tab_a, "Hello from tab A")
         await tab_a.wait_for(f"{DONE} === 1", "tab A's reply")
         await tab_b.call("Page.bringToFront")
+        await asyncio.sleep(
+            0.5
+        )  # the sync a tab makes when it comes to the front (a person is slower)
         await tab_b.click("#new-tab")  # tab B still shows the empty chat it loaded with
+        await asyncio.sleep(0.3)
         await send(tab_b, "Hello from tab B")
         await tab_b.wait_for(f"{DONE} === 1", "tab B's reply")
 

@@ -61,9 +61,18 @@
   };
 
   // ---- state -------------------------------------------------------------------------
-  let userId = store.get(USER_KEY, "");
-  if (!userId) { userId = uid("web-"); store.set(USER_KEY, userId); }
-  const browserUser = userId; // this browser's own id; a user key acts as its own user instead
+  /**
+   * This browser's own id, read at each use: two tabs opened at once on a first visit may
+   * both make one, and the one stored last is the one both use from then on.
+   */
+  function browserUser() {
+    let id = store.get(USER_KEY, "");
+    if (!id) { id = uid("web-"); store.set(USER_KEY, id); }
+    return id;
+  }
+  browserUser();
+  let keyUser = ""; // a user key acts as its own user (`GET /v1/me`)
+  const currentUser = () => keyUser || browserUser();
   /**
    * A conversation: {id, title, messages, synced?} (synced: the server has it). Messages:
    * user {role, id, text, state: sending|sent|queued}; assistant {role, id (its question's
@@ -514,7 +523,7 @@
         method: "POST",
         headers: authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" }),
         body: JSON.stringify({
-          conversation_id: conv.id, user_id: userId, text: userMsg.text, message_id: userMsg.id,
+          conversation_id: conv.id, user_id: currentUser(), text: userMsg.text, message_id: userMsg.id,
           ...(payloads.has(userMsg) ? { attachments: payloads.get(userMsg) } : {}),
         }),
         signal: controller.signal,
@@ -867,7 +876,7 @@
   /** The conversation list from the server: adds what other tabs or clients started. */
   async function syncList() {
     let res;
-    try { res = await api(`/v1/conversations?user_id=${encodeURIComponent(userId)}`); } catch { return; }
+    try { res = await api(`/v1/conversations?user_id=${encodeURIComponent(currentUser())}`); } catch { return; }
     if (res.status === 401 && getToken()) {
       showNotice("The API token of this tab is wrong (the server did not accept it): set the right one with the Token button.");
     }
@@ -928,9 +937,9 @@
   async function whoAmI() {
     try {
       const res = await api("/v1/me");
-      userId = res.ok && res.body && typeof res.body.user_id === "string" && res.body.user_id ? res.body.user_id : browserUser;
+      keyUser = res.ok && res.body && typeof res.body.user_id === "string" && res.body.user_id ? res.body.user_id : "";
     } catch { /* unreachable: keep the id */ }
-    $("who").textContent = `you are ${userId}`;
+    $("who").textContent = `you are ${currentUser()}`;
   }
 
   async function checkHealth() {
@@ -983,7 +992,7 @@
     const button = ev.target instanceof Element ? ev.target.closest("button.copy") : null;
     if (button) copyCode(button);
   });
-  $("who").textContent = `you are ${userId}`;
+  $("who").textContent = `you are ${currentUser()}`;
   // Another tab of this browser started a conversation: show its tab here too.
   window.addEventListener("storage", (ev) => {
     if (ev.key !== CONVS_KEY) return;
