@@ -553,24 +553,8 @@ class Store:
                     params,
                 )
             ).first()
-            if row is None:  # a repeat: undo the counts, return the message as it stands
-                await conn.execute(
-                    _sql(
-                        "UPDATE conversations SET messages = messages - 1,"
-                        " pending = pending - 1 WHERE conversation_id = :cid"
-                    ),
-                    params,
-                )
-                existing = (
-                    await conn.execute(
-                        _sql(
-                            f"SELECT {_COLUMNS} FROM messages"
-                            " WHERE conversation_id = :cid AND message_id = :mid"
-                        ),
-                        params,
-                    )
-                ).one()
-                return Accepted(_turn(existing), created=False, first=False)
+            if row is None:
+                return await _repeat(conn, params)
         return Accepted(_turn(row), created=True, first=messages == 1)
 
     async def _accept_one_statement(self, params: dict[str, Any]) -> Accepted:
@@ -605,24 +589,7 @@ class Store:
             ).one()
             if row[0] is not None:
                 return Accepted(_turn(row), created=True, first=row[-1] == 1)
-            # a repeat: undo the counts, return the message as it stands
-            await conn.execute(
-                _sql(
-                    "UPDATE conversations SET messages = messages - 1,"
-                    " pending = pending - 1 WHERE conversation_id = :cid"
-                ),
-                params,
-            )
-            existing = (
-                await conn.execute(
-                    _sql(
-                        f"SELECT {_COLUMNS} FROM messages"
-                        " WHERE conversation_id = :cid AND message_id = :mid"
-                    ),
-                    params,
-                )
-            ).one()
-        return Accepted(_turn(existing), created=False, first=False)
+            return await _repeat(conn, params)
 
     # -- answering ----------------------------------------------------------------------
 
@@ -711,27 +678,8 @@ class Store:
                         )
                     ).scalar()
                 )
-            following = None
-            if claim_next and left:
-                following = (
-                    await conn.execute(
-                        _sql(
-                            "UPDATE messages SET owner = :me, claimed_at = :now,"
-                            " attempts = attempts + 1"
-                            " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
-                            "  WHERE h.conversation_id = :cid AND h.status = 'pending')"
-                            f" AND {self._claimable()}"
-                            f" RETURNING {_COLUMNS}"
-                        ),
-                        params,
-                    )
-                ).first()
-        return Completion(
-            stored=True,
-            turn=turn,
-            acceptor_alive=alive,
-            next=_turn(following) if following is not None else None,
-        )
+            following = await self._claim_next(conn, params) if claim_next and left else None
+        return Completion(stored=True, turn=turn, acceptor_alive=alive, next=following)
 
     async def _complete_one_statement(
         self, params: dict[str, Any], *, claim_next: bool
@@ -762,27 +710,24 @@ class Store:
                 return Completion(stored=False)
             turn = _turn(row)
             left, alive = row[-2], bool(row[-1]) or turn.accepted_by == self.owner
-            following = None
-            if claim_next and left:
-                following = (
-                    await conn.execute(
-                        _sql(
-                            "UPDATE messages SET owner = :me, claimed_at = :now,"
-                            " attempts = attempts + 1"
-                            " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
-                            "  WHERE h.conversation_id = :cid AND h.status = 'pending')"
-                            f" AND {self._claimable()}"
-                            f" RETURNING {_COLUMNS}"
-                        ),
-                        params,
-                    )
-                ).first()
-        return Completion(
-            stored=True,
-            turn=turn,
-            acceptor_alive=alive,
-            next=_turn(following) if following is not None else None,
-        )
+            following = await self._claim_next(conn, params) if claim_next and left else None
+        return Completion(stored=True, turn=turn, acceptor_alive=alive, next=following)
+
+    async def _claim_next(self, conn: AsyncConnection, params: dict[str, Any]) -> StoredTurn | None:
+        """Claim the conversation's oldest pending message (``:cid``) if nobody alive holds it."""
+        row = (
+            await conn.execute(
+                _sql(
+                    "UPDATE messages SET owner = :me, claimed_at = :now, attempts = attempts + 1"
+                    " WHERE seq = (SELECT MIN(seq) FROM messages AS h"
+                    "  WHERE h.conversation_id = :cid AND h.status = 'pending')"
+                    f" AND {self._claimable()}"
+                    f" RETURNING {_COLUMNS}"
+                ),
+                params,
+            )
+        ).first()
+        return _turn(row) if row is not None else None
 
     async def release(self, seqs: Iterable[int] | None = None) -> int:
         """Give back this process's claims (all, or those in `seqs`) for others to take."""
@@ -1207,6 +1152,28 @@ class Store:
             f"WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC, conversation_id LIMIT :limit",
             params,
         )
+
+
+async def _repeat(conn: AsyncConnection, params: dict[str, Any]) -> Accepted:
+    """An intake that found its message_id taken: undo the counts it added, and return the
+    message as it stands."""
+    await conn.execute(
+        _sql(
+            "UPDATE conversations SET messages = messages - 1,"
+            " pending = pending - 1 WHERE conversation_id = :cid"
+        ),
+        params,
+    )
+    existing = (
+        await conn.execute(
+            _sql(
+                f"SELECT {_COLUMNS} FROM messages"
+                " WHERE conversation_id = :cid AND message_id = :mid"
+            ),
+            params,
+        )
+    ).one()
+    return Accepted(_turn(existing), created=False, first=False)
 
 
 def _reason(exc: BaseException) -> str:
