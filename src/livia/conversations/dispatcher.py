@@ -70,6 +70,8 @@ class _Job:
     waiters: int = 0
     #: True while this process holds the message's claim.
     claimed: bool = False
+    #: Its conversation's first message: there is no earlier turn to read.
+    first: bool = False
 
     @classmethod
     def of(cls, turn: StoredTurn) -> _Job:
@@ -298,7 +300,7 @@ class Conversations:
             if job is None:  # answered already, or accepted earlier (here or elsewhere)
                 job = self._answered(turn) if turn.done else self._track(turn)
             return self._repeat(job, msg)
-        job = self._track(turn)
+        job = self._track(turn, first=first)
         if on_event is not None:
             job.listeners.add(on_event)
         job.waiters += 1
@@ -340,9 +342,10 @@ class Conversations:
         job.future.set_result(turn.to_reply())
         return job
 
-    def _track(self, turn: StoredTurn) -> _Job:
+    def _track(self, turn: StoredTurn, *, first: bool = False) -> _Job:
         """Track a pending turn: queue it when this process holds its claim, else watch it."""
         job = _Job.of(turn)
+        job.first = first
         self._jobs[turn.key] = job
         if turn.owner == self._store.owner:
             job.claimed = True
@@ -419,7 +422,7 @@ class Conversations:
             msg.message_id,
             turn.attempts,
         )
-        history = await self._history_before(turn)
+        history = _prior_history(turn.meta) if job.first else await self._history_before(turn)
         reply = await run_turn(
             self._responder, history, msg, job.listeners, timeout=self._turn_timeout
         )
