@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,6 +208,43 @@ async def test_closed_store_says_so(store_url: str) -> None:
     await s.close()
     await s.close()
     assert not s.is_open
+
+
+async def test_a_dropped_database_connection_is_a_store_error_then_replaced(postgres: Any) -> None:
+    """The hot path's statements go to asyncpg directly: a connection the server drops
+    surfaces as `StoreError` (no driver exception), and the next call gets a new one."""
+    import asyncpg
+
+    url = postgres.new_database()
+    async with Store(url) as s:
+        await s.accept(_msg("m1"), claim=True)
+        await s.turns("c1")
+        admin = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        failures = 0
+        mids = [f"m{i}" for i in range(2, 14)]  # through every lane of the hot path
+        for mid in mids:  # a broken lane fails once, then reconnects
+            for _ in range(20):
+                try:
+                    await s.accept(_msg(mid))
+                    break
+                except StoreError as exc:
+                    assert "store write failed" in str(exc)
+                    failures += 1
+        for _ in range(20):
+            try:
+                turns = await s.turns("c1")
+                break
+            except StoreError as exc:
+                assert "store read failed" in str(exc)
+        assert failures >= 1
+        assert [t.message_id for t in turns] == ["m1", *mids]
 
 
 async def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
