@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import httpx2
 import mcp_types
 import openai
+import pytest
 
 from livia.agent import PERSONA, build_messages, model_failure, system_prompt, trim_history
 from livia.agent.failures import (
@@ -121,3 +123,94 @@ def test_model_failures_become_short_honest_apologies() -> None:
     assert model_failure(StreamInterrupted("x")).code == "model_interrupted"
     internal = model_failure(RuntimeError("Traceback: secret stuff"))
     assert internal.code == "internal" and "secret" not in internal.apology
+
+
+# --- the event stream reader ----------------------------------------------------------------
+
+
+def _sse(*parts: bytes) -> httpx2.Response:
+    """A streamed response whose body arrives in `parts` (boundaries anywhere)."""
+
+    async def body():  # type: ignore[no-untyped-def]
+        for part in parts:
+            yield part
+
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    return httpx2.Response(200, content=body(), request=request)
+
+
+async def _events(response: httpx2.Response) -> list[dict[str, object]]:
+    from livia.agent.model import _stream_events
+
+    return [event async for event in _stream_events(response)]
+
+
+async def test_stream_reader_joins_events_split_anywhere_and_drains_after_done() -> None:
+    body = (
+        b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+        b'data:{"choices":[{"delta":{"content":"lo"}}]}\r\n\r\n'
+        b": a comment\nevent: ignored\n\n"
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,'
+        b'"total_tokens":5}}\n\n'
+        b"data: [DONE]\n\n"
+        b'data: {"choices":[{"delta":{"content":"after done"}}]}\n\n'
+    )
+    cuts = [0, 7, 8, 30, 61, 62, 100, 150, len(body)]
+    response = _sse(*(body[a:b] for a, b in itertools.pairwise(cuts)))
+    events = await _events(response)
+    assert [e.get("usage", {}).get("total_tokens") for e in events] == [None, None, 5]  # type: ignore[union-attr]
+    assert response.is_stream_consumed  # read to the end: the connection can be reused
+
+
+async def test_stream_reader_takes_a_last_event_without_its_blank_line() -> None:
+    events = await _events(_sse(b'data: {"choices":[{"delta":{"content":"x"}}]}'))
+    assert events == [{"choices": [{"delta": {"content": "x"}}]}]
+
+
+async def test_stream_reader_raises_an_error_event_as_the_sdk_does() -> None:
+    body = b'data: {"choices":[]}\n\ndata: {"error":{"message":"overloaded","type":"server"}}\n\n'
+    with pytest.raises(openai.APIError, match="overloaded"):
+        await _events(_sse(body))
+
+
+def test_chunks_make_text_tool_calls_usage_and_finish_reason() -> None:
+    from livia.agent.model import ModelReply, ToolCall, _take_chunk
+
+    reply, calls, shown = ModelReply(), dict[int, ToolCall](), list[str]()
+    chunks = [
+        {"choices": [{"delta": {"role": "assistant", "content": "Hi "}}]},
+        {"choices": [{"delta": {"content": "there"}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "c1",
+                                "function": {"name": "add_", "arguments": '{"a":'},
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "function": {"name": "task", "arguments": "1}"}}
+                        ]
+                    }
+                }
+            ]
+        },
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}},
+    ]
+    for chunk in chunks:
+        _take_chunk(chunk, reply, calls, shown.append)
+    assert (reply.text, shown, reply.finish_reason) == ("Hi there", ["Hi ", "there"], "tool_calls")
+    assert (calls[0].id, calls[0].name, calls[0].arguments) == ("c1", "add_task", '{"a":1}')
+    assert reply.usage is not None and reply.usage.total_tokens == 13

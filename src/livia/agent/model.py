@@ -17,6 +17,13 @@ that is made retry-safe like this:
 Tool-call deltas are only accumulated, never forwarded, so a retried attempt that produces
 tool calls cannot duplicate anything.
 
+Reading the stream
+------------------
+The SDK sends the request and raises its typed errors (429 with its headers, 5xx, ...);
+the event stream itself is read here, each event decoded with `json.loads` into plain
+dicts: building the SDK's pydantic chunk models took a third of a busy server's CPU
+(profile in docs/bench.md), and a reply is dozens of chunks.
+
 Timeouts
 --------
 Three bounds, from the widest: `[llm] timeout` covers the whole call (waiting for
@@ -30,16 +37,18 @@ slot, and everyone queued behind it, for the whole `timeout`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx2
-from openai import AsyncOpenAI, DefaultAsyncHttpxClient, omit
+from openai import APIError, AsyncOpenAI, DefaultAsyncHttpxClient, omit
 from openai.types import CompletionUsage
 
 from livia.agent.failures import ModelTimeout, StreamInterrupted
+from livia.agent.pool import ShardedTransport
 from livia.agent.prompts import estimate_tokens
 from livia.concurrency import ConcurrencyManager
 from livia.config import LlmConfig, Settings
@@ -85,7 +94,8 @@ def make_openai_client(settings: Settings) -> AsyncOpenAI:
     OpenAI-compatible server (the simulator, a self-hosted model) expects.
 
     Every slot of the upstream's `max_concurrent` keeps its connection alive between calls
-    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one.
+    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one. The
+    connections are held in several small pools (`ShardedTransport`), not one large one.
     """
     llm = settings.llm
     policy = settings.policies().get(llm.api)
@@ -100,7 +110,7 @@ def make_openai_client(settings: Settings) -> AsyncOpenAI:
         base_url=llm.base_url or None,
         max_retries=0,  # the concurrency manager owns retries
         timeout=httpx2.Timeout(llm.timeout, connect=min(10.0, llm.timeout)),
-        http_client=DefaultAsyncHttpxClient(limits=limits),
+        http_client=DefaultAsyncHttpxClient(transport=ShardedTransport(limits)),
     )
 
 
@@ -185,7 +195,7 @@ class ModelClient:
         try:
             async with asyncio.timeout(budget) as whole:
                 async with asyncio.timeout(idle) as gap:
-                    stream = await self.client.chat.completions.create(
+                    response = self.client.chat.completions.with_streaming_response.create(
                         model=self.config.model,
                         messages=cast(Any, list(messages)),
                         stream=True,
@@ -197,9 +207,9 @@ class ModelClient:
                         if self.config.temperature is not None
                         else omit,
                     )
-                    waiting = "first chunk"
-                    async with stream:
-                        chunks = aiter(stream)
+                    async with response as opened:
+                        waiting = "first chunk"
+                        chunks = _stream_events(opened.http_response)
                         while True:
                             gap.reschedule(_after(idle))
                             try:
@@ -207,22 +217,7 @@ class ModelClient:
                             except StopAsyncIteration:
                                 break
                             waiting = "next chunk"
-                            if chunk.usage is not None:
-                                reply.usage = chunk.usage
-                            for choice in chunk.choices[:1]:
-                                delta = choice.delta
-                                if delta.content:
-                                    reply.text += delta.content
-                                    on_text(delta.content)
-                                for part in delta.tool_calls or ():
-                                    call = calls.setdefault(part.index, ToolCall(id="", name=""))
-                                    if part.id:
-                                        call.id = part.id
-                                    if part.function is not None:
-                                        call.name += part.function.name or ""
-                                        call.arguments += part.function.arguments or ""
-                                if choice.finish_reason:
-                                    reply.finish_reason = choice.finish_reason
+                            _take_chunk(chunk, reply, calls, on_text)
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
             if gap.expired() and not whole.expired():
@@ -240,6 +235,71 @@ class ModelClient:
 
     def _request(self) -> httpx2.Request:
         return httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
+
+
+async def _stream_events(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a Chat Completions event stream, up to ``[DONE]``; the rest of
+    the body is read so the connection can be reused. An ``error`` event raises
+    `openai.APIError`, as the SDK's own stream does."""
+    data: list[str] = []
+    done = False
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+        elif not line and data and not done:  # a blank line ends an event
+            event = _event("\n".join(data), response)
+            data.clear()
+            done = event is None
+            if event:
+                yield event
+    if data and not done:  # the body ended without the blank line after its last event
+        event = _event("\n".join(data), response)
+        if event:
+            yield event
+
+
+def _event(payload: str, response: httpx2.Response) -> dict[str, Any] | None:
+    """One event's data as an object: None for ``[DONE]``, {} for what is not an object."""
+    if payload.startswith("[DONE]"):
+        return None
+    event = json.loads(payload)
+    if not isinstance(event, dict):
+        return {}
+    error = event.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str) or not message:
+            message = "An error occurred during streaming"
+        raise APIError(message, response.request, body=error)
+    return event
+
+
+def _take_chunk(
+    chunk: dict[str, Any],
+    reply: ModelReply,
+    calls: dict[int, ToolCall],
+    on_text: Callable[[str], None],
+) -> None:
+    """Add one stream chunk to `reply` (text forwarded to `on_text`, tool calls gathered)."""
+    usage = chunk.get("usage")
+    if usage:
+        reply.usage = CompletionUsage.model_validate(usage)
+    for choice in (chunk.get("choices") or ())[:1]:
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            reply.text += content
+            on_text(content)
+        for part in delta.get("tool_calls") or ():
+            call = calls.setdefault(int(part.get("index") or 0), ToolCall(id="", name=""))
+            if part.get("id"):
+                call.id = part["id"]
+            function = part.get("function")
+            if function:
+                call.name += function.get("name") or ""
+                call.arguments += function.get("arguments") or ""
+        if choice.get("finish_reason"):
+            reply.finish_reason = choice["finish_reason"]
 
 
 def _without_images(message: dict[str, Any]) -> dict[str, Any]:

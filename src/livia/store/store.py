@@ -1072,7 +1072,18 @@ class Store:
         self, conversation_id: str, user_id: str, channel: str, title: str
     ) -> str:
         """The user a conversation belongs to: `user_id` when it is new (its row is created
-        now, atomically, so two users cannot both start it), else the one who started it."""
+        now, atomically, so two users cannot both start it), else the one who started it.
+
+        An existing conversation (every message after the first) costs one read, not a
+        write: on SQLite writes queue behind one writer."""
+        async with self._read() as conn:
+            rows = await _rows(
+                conn,
+                "SELECT user_id FROM conversations WHERE conversation_id = :cid",
+                {"cid": conversation_id},
+            )
+        if rows:
+            return str(rows[0][0])
         now = time.time()
         async with self._write() as conn:
             await conn.execute(
