@@ -244,7 +244,10 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
     latencies: list[float] = []
     failures = 0
     resent = [0]
-    connector = aiohttp.TCPConnector(limit=n + 10)
+    reasons: dict[str, int] = {}
+    # Idle connections are let go before the server's keep-alive (5 s) would close them:
+    # a request written as the server closes its side is reset (the usual race).
+    connector = aiohttp.TCPConnector(limit=n + 10, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
 
@@ -263,8 +266,10 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
                     try:  # (same message_id: answered once)
                         async with client.post("/v1/chat", json=body) as resp:
                             ok = resp.status == 200 and (await resp.json()).get("error") is None
-                    except aiohttp.ClientConnectionError:
+                    except aiohttp.ClientConnectionError as exc:
                         resent[0] += 1
+                        why = f"{type(exc).__name__}: {exc}"[:80]
+                        reasons[why] = reasons.get(why, 0) + 1
                         continue
                     break
                 if ok:
@@ -280,7 +285,13 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
         cpu, client_cpu = sampler.cpu() - cpu0, time.process_time() - client0
         sampling.cancel()
         sampler.sample()
-    return Result(makespan, latencies, failures, cpu, {"resent": resent[0], "client": client_cpu})
+    return Result(
+        makespan,
+        latencies,
+        failures,
+        cpu,
+        {"resent": resent[0], "client": client_cpu, "reasons": reasons},
+    )
 
 
 async def _loop_lag(url: str, workers: int) -> dict[str, dict[str, Any]]:
@@ -408,6 +419,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "mean_s": statistics.fmean(lived.latencies) if lived.latencies else math.nan,
         "lost": lived.failures,
         "resent": lived.extra["resent"],
+        "resent_because": lived.extra["reasons"],
         "twice": max(0, out["livia_sim_requests"] - (total - lived.failures)),
         "cpu_ms_per_message": lived.cpu_s * 1000 / total,
         "client_cpu_ms_per_message": lived.extra["client"] * 1000 / total,
@@ -462,7 +474,8 @@ def report(r: dict[str, Any]) -> str:
         f"p50 {v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
         f"  per worker: RSS {r['rss_idle_mb']:.0f} → {r['rss_peak_mb']:.0f} MB peak, fds peak "
         f"{r['fds_peak']}, loop lag p99 {p99:.0f} ms (worst {worst:.0f} ms)",
-        f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']} (model calls: baseline "
+        f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']} {v['resent_because'] or ''}"
+        f" (model calls: baseline "
         f"{r['baseline_sim_requests']}, livia {r['livia_sim_requests']}); the simulator's "
         f"CPU per message: {r['baseline_sim_cpu_s'] * 1000 / total:.1f} ms (baseline), "
         f"{r['livia_sim_cpu_s'] * 1000 / total:.1f} ms (livia); the load client's (this process): "
