@@ -42,7 +42,9 @@ test: lint typecheck pytest
 bench: setup
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.redis_admission
-	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.load -n 1000 -m 3 --store postgres
+	$(BIN)/python -m benchmarks.load -n 1000 -m 3 --store postgres --workers 2
+	$(BIN)/python -m benchmarks.load -n 50 -m 3 --store postgres --limits reference
 	$(BIN)/python -m benchmarks.replicas
 	$(BIN)/livia bench
 
