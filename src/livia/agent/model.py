@@ -44,11 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from openai import APIError, AsyncOpenAI, DefaultAsyncHttpxClient, omit
+from openai import APIError, AsyncOpenAI, DefaultAioHttpClient, omit
 from openai.types import CompletionUsage
 
 from livia.agent.failures import ModelTimeout, StreamInterrupted
-from livia.agent.pool import ShardedTransport
 from livia.agent.prompts import estimate_tokens
 from livia.concurrency import ConcurrencyManager
 from livia.config import LlmConfig, Settings
@@ -94,8 +93,9 @@ def make_openai_client(settings: Settings) -> AsyncOpenAI:
     OpenAI-compatible server (the simulator, a self-hosted model) expects.
 
     Every slot of the upstream's `max_concurrent` keeps its connection alive between calls
-    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one. The
-    connections are held in several small pools (`ShardedTransport`), not one large one.
+    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one.
+    The HTTP is aiohttp's, under the SDK's own `httpx2` adapter (`DefaultAioHttpClient`):
+    httpcore's pool walks all its connections per request, and its reads go through anyio.
     """
     llm = settings.llm
     policy = settings.policies().get(llm.api)
@@ -110,7 +110,7 @@ def make_openai_client(settings: Settings) -> AsyncOpenAI:
         base_url=llm.base_url or None,
         max_retries=0,  # the concurrency manager owns retries
         timeout=httpx2.Timeout(llm.timeout, connect=min(10.0, llm.timeout)),
-        http_client=DefaultAsyncHttpxClient(transport=ShardedTransport(limits)),
+        http_client=DefaultAioHttpClient(limits=limits),
     )
 
 
