@@ -271,6 +271,9 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
                         why = f"{type(exc).__name__}: {exc}"[:80]
                         reasons[why] = reasons.get(why, 0) + 1
                         continue
+                    except (aiohttp.ClientError, TimeoutError) as exc:  # counted lost
+                        why = f"{type(exc).__name__}: {exc}"[:80]
+                        reasons[why] = reasons.get(why, 0) + 1
                     break
                 if ok:
                     latencies.append(time.perf_counter() - t0)
@@ -350,10 +353,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "LIVIA_SERVER__MAX_QUEUED": str(max(1000, n * m)),
             **{f"LIVIA_APIS__OPENAI__{k.upper()}": str(v) for k, v in limits.items()},
         }
+        database_pid: int | None = None  # SQLite works inside Livia's own processes
         if args.store == "postgres":
             from tests.postgres_server import postgres_server
 
-            livia_env["LIVIA_STORE__URL"] = stack.enter_context(postgres_server()).new_database()
+            pg = stack.enter_context(postgres_server())
+            livia_env["LIVIA_STORE__URL"] = pg.new_database()
+            database_pid = pg.pid()
         out["store"] = args.store
         if workers > 1:
             from tests.redis_server import redis_server
@@ -377,7 +383,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         idle_rss = dict(sampler.rss_mb)
         sim_cpu = _cpu_s(sim.pid)
         profiler = _profiler(livia.pid, args.profile) if args.profile else None
+        database = Sampler(database_pid) if database_pid else None
+        database_cpu = database.cpu() if database else 0.0
         lived = await through_livia(url, n, m, sampler)
+        out["database_cpu_s"] = (database.cpu() - database_cpu) if database else None
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
@@ -474,12 +483,18 @@ def report(r: dict[str, Any]) -> str:
         f"p50 {v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
         f"  per worker: RSS {r['rss_idle_mb']:.0f} → {r['rss_peak_mb']:.0f} MB peak, fds peak "
         f"{r['fds_peak']}, loop lag p99 {p99:.0f} ms (worst {worst:.0f} ms)",
-        f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']} {v['resent_because'] or ''}"
+        f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']}; "
+        f"errors {v['resent_because'] or 'none'}"
         f" (model calls: baseline "
         f"{r['baseline_sim_requests']}, livia {r['livia_sim_requests']}); the simulator's "
         f"CPU per message: {r['baseline_sim_cpu_s'] * 1000 / total:.1f} ms (baseline), "
         f"{r['livia_sim_cpu_s'] * 1000 / total:.1f} ms (livia); the load client's (this process): "
-        f"{v['client_cpu_ms_per_message']:.1f} ms",
+        f"{v['client_cpu_ms_per_message']:.1f} ms"
+        + (
+            f"; PostgreSQL's: {r['database_cpu_s'] * 1000 / total:.1f} ms"
+            if r.get("database_cpu_s") is not None
+            else ""
+        ),
     ]
     if "profile" in r:
         lines.append(f"  profile of the serving processes ({r['profile']['file']}), own time:")

@@ -94,6 +94,15 @@ class PostgresServer:
             )
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def pid(self) -> int | None:
+        """The server's main process (its backends are its children), when started here."""
+        if self._dir is None:
+            return None
+        try:
+            return int((self._dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def url(self, database: str = "postgres") -> str:
         if self._external:
             base, _, _ = self._external.rpartition("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -214,3 +215,42 @@ def test_chunks_make_text_tool_calls_usage_and_finish_reason() -> None:
     assert (reply.text, shown, reply.finish_reason) == ("Hi there", ["Hi ", "there"], "tool_calls")
     assert (calls[0].id, calls[0].name, calls[0].arguments) == ("c1", "add_task", '{"a":1}')
     assert reply.usage is not None and reply.usage.total_tokens == 13
+
+
+def _sse_then(body: bytes, after: str) -> httpx2.Response:
+    """A stream of `body`, then: the connection breaks ("break") or goes silent ("hang")."""
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield body
+        if after == "hang":
+            await asyncio.sleep(3600)
+        raise httpx2.ReadError("connection reset by peer")
+
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    return httpx2.Response(200, content=chunks(), request=request)
+
+
+@pytest.mark.parametrize("after", ["break", "hang"])
+async def test_what_follows_done_cannot_spoil_a_complete_reply(after: str) -> None:
+    body = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+    events = await asyncio.wait_for(_events(_sse_then(body, after)), 10)
+    assert events == [{"choices": [{"delta": {"content": "Hi"}}]}]
+
+
+async def test_a_stream_broken_before_done_is_a_connection_error_as_in_the_sdk() -> None:
+    body = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    with pytest.raises(openai.APIConnectionError):
+        await _events(_sse_then(body, "break"))
+
+
+def test_partial_usage_from_a_compatible_server_is_kept_not_refused() -> None:
+    from livia.agent.model import ModelReply, ToolCall, _take_chunk
+
+    reply = ModelReply()
+    _take_chunk(
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+        reply,
+        dict[int, ToolCall](),
+        lambda _text: None,
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 2

@@ -44,8 +44,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from openai import APIError, AsyncOpenAI, DefaultAioHttpClient, omit
+from openai import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AsyncOpenAI,
+    DefaultAioHttpClient,
+    omit,
+)
 from openai.types import CompletionUsage
+from pydantic import ValidationError
 
 from livia.agent.failures import ModelTimeout, StreamInterrupted
 from livia.agent.prompts import estimate_tokens
@@ -242,25 +250,50 @@ class ModelClient:
         return httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
 
 
+#: Seconds spent reading what follows ``[DONE]`` (the body's end) before letting it go.
+_DRAIN_SECONDS = 0.1
+
+
 async def _stream_events(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of a Chat Completions event stream, up to ``[DONE]``; the rest of
-    the body is read so the connection can be reused. An ``error`` event raises
-    `openai.APIError`, as the SDK's own stream does."""
+    """The JSON objects of a Chat Completions event stream, up to ``[DONE]``.
+
+    As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken or timed
+    out read `APIConnectionError` / `APITimeoutError`; after ``[DONE]`` the rest of the body
+    is read briefly (so the connection can be reused) and nothing there can spoil a reply
+    that is complete.
+    """
+    lines = response.aiter_lines()
     data: list[str] = []
-    done = False
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif not line and data and not done:  # a blank line ends an event
-            event = _event("\n".join(data), response)
-            data.clear()
-            done = event is None
-            if event:
-                yield event
-    if data and not done:  # the body ended without the blank line after its last event
+    try:
+        async for line in lines:
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            elif not line and data:  # a blank line ends an event
+                event = _event("\n".join(data), response)
+                data.clear()
+                if event is None:
+                    await _drain(lines)
+                    return
+                if event:
+                    yield event
+    except httpx2.TimeoutException as exc:
+        raise APITimeoutError(request=response.request) from exc
+    except httpx2.TransportError as exc:
+        raise APIConnectionError(request=response.request) from exc
+    if data:  # the body ended without the blank line after its last event
         event = _event("\n".join(data), response)
         if event:
             yield event
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the body's end for at most `_DRAIN_SECONDS`, ignoring whatever goes wrong."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx2.HTTPError, httpx2.StreamError):
+        pass
 
 
 def _event(payload: str, response: httpx2.Response) -> dict[str, Any] | None:
@@ -287,8 +320,11 @@ def _take_chunk(
 ) -> None:
     """Add one stream chunk to `reply` (text forwarded to `on_text`, tool calls gathered)."""
     usage = chunk.get("usage")
-    if usage:
-        reply.usage = CompletionUsage.model_validate(usage)
+    if isinstance(usage, dict) and usage:
+        try:
+            reply.usage = CompletionUsage.model_validate(usage)
+        except ValidationError:  # a compatible server's partial usage: taken as it is
+            reply.usage = CompletionUsage.model_construct(**usage)
     for choice in (chunk.get("choices") or ())[:1]:
         delta = choice.get("delta") or {}
         content = delta.get("content")

@@ -57,7 +57,13 @@ log = logging.getLogger(__name__)
 _sql = functools.lru_cache(maxsize=512)(text)
 #: What a failed database call raises: SQLAlchemy's errors, the driver's own (statements
 #: sent to asyncpg directly) and the socket's.
-_DB_ERRORS = (SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_DB_ERRORS = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 Status = Literal["pending", "answered", "failed"]
