@@ -42,10 +42,10 @@ test: lint typecheck pytest
 bench: setup
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.redis_admission
+	$(BIN)/python -m benchmarks.replicas  # its paced latency runs want a quiet machine: first
 	$(BIN)/python -m benchmarks.load -n 1000 -m 3 --store postgres
 	$(BIN)/python -m benchmarks.load -n 1000 -m 3 --store postgres --workers 2
 	$(BIN)/python -m benchmarks.load -n 50 -m 3 --store postgres --limits reference
-	$(BIN)/python -m benchmarks.replicas
 	$(BIN)/livia bench
 
 # Regenerate the README's pictures (headless chromium, installed on first use).
