@@ -319,6 +319,18 @@ async def _sim_requests(sim_url: str) -> int:
 # --- one run --------------------------------------------------------------------------------
 
 
+def _figures(result: Result, total: int, bound: float) -> dict[str, float]:
+    """One side's throughput, latency and CPU against the upstream bound."""
+    return {
+        "makespan_s": result.makespan,
+        "per_s": total / result.makespan,
+        "efficiency": bound / result.makespan,
+        "p50_s": _pct(result.latencies, 0.5),
+        "p99_s": _pct(result.latencies, 0.99),
+        "cpu_ms_per_message": result.cpu_s * 1000 / total,
+    }
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     n, m, workers = args.conversations, args.messages, args.workers
     limits = REFERENCE if args.limits == "reference" else UNBOUND
@@ -408,21 +420,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     total = n * m
     bound = upstream_bound(args.latency, n, m, limits)
     out["bound_s"] = bound
-    out["baseline"] = {
-        "makespan_s": base.makespan,
-        "per_s": total / base.makespan,
-        "efficiency": bound / base.makespan,
-        "p50_s": _pct(base.latencies, 0.5),
-        "p99_s": _pct(base.latencies, 0.99),
-        "failures": base.failures,
-        "cpu_ms_per_message": base.cpu_s * 1000 / total,
-    }
+    out["baseline"] = {**_figures(base, total, bound), "failures": base.failures}
     out["livia"] = {
-        "makespan_s": lived.makespan,
-        "per_s": total / lived.makespan,
-        "efficiency": bound / lived.makespan,
-        "p50_s": _pct(lived.latencies, 0.5),
-        "p99_s": _pct(lived.latencies, 0.99),
+        **_figures(lived, total, bound),
         "added_p50_ms": (_pct(lived.latencies, 0.5) - _pct(base.latencies, 0.5)) * 1000,
         "added_p99_ms": (_pct(lived.latencies, 0.99) - _pct(base.latencies, 0.99)) * 1000,
         "mean_s": statistics.fmean(lived.latencies) if lived.latencies else math.nan,
@@ -430,7 +430,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "resent": lived.extra["resent"],
         "resent_because": lived.extra["reasons"],
         "twice": max(0, out["livia_sim_requests"] - (total - lived.failures)),
-        "cpu_ms_per_message": lived.cpu_s * 1000 / total,
         "client_cpu_ms_per_message": lived.extra["client"] * 1000 / total,
     }
     out["logs"] = str(tmp)
