@@ -530,16 +530,9 @@ class SimSlack:
     def _answer(
         self, method: str, args: dict[str, Any], token: str
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        faults = self._faults.get(method)
-        if faults:
-            fault = faults[0]
-            fault.times -= 1
-            if fault.times <= 0:
-                faults.pop(0)
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = str(max(0, round(fault.retry_after)))
-            return fault.status, {"ok": False, "error": fault.error}, headers
+        faulted = self._answer_fault(method)
+        if faulted[0]:
+            return faulted
         handler = self._handlers.get(method)
         if handler is None or method in self.unsupported:
             return 200, {"ok": False, "error": "unknown_method"}, {}
