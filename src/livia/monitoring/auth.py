@@ -40,16 +40,9 @@ def unauthorized(request: Request) -> JSONResponse | None:
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return None
     log.info("refused %s %s: missing or wrong bearer token", request.method, request.url.path)
-    return JSONResponse(
-        {
-            "error": {
-                "type": "unauthorized",
-                "message": "this endpoint needs `Authorization: Bearer <token>` with the "
-                "server's api_token (LIVIA_SERVER__API_TOKEN)",
-            }
-        },
-        status_code=401,
-        headers={"WWW-Authenticate": "Bearer"},
+    return _unauthorized(
+        "this endpoint needs `Authorization: Bearer <token>` with the "
+        "server's api_token (LIVIA_SERVER__API_TOKEN)"
     )
 
 
@@ -64,14 +57,16 @@ async def monitoring_denied(request: Request) -> JSONResponse | None:
     if scheme.lower() == "bearer" and await identity.verify(given.strip()) is not None:
         return None
     log.info("refused %s %s: missing or wrong key", request.method, request.url.path)
+    return _unauthorized(
+        "this endpoint needs `Authorization: Bearer <key>` with a user key "
+        "(livia keys create USER) or an api_token (LIVIA_SERVER__API_TOKEN)"
+    )
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    """The 401 the monitoring endpoints answer, in the API's error shape."""
     return JSONResponse(
-        {
-            "error": {
-                "type": "unauthorized",
-                "message": "this endpoint needs `Authorization: Bearer <key>` with a user key "
-                "(livia keys create USER) or an api_token (LIVIA_SERVER__API_TOKEN)",
-            }
-        },
+        {"error": {"type": "unauthorized", "message": message}},
         status_code=401,
         headers={"WWW-Authenticate": "Bearer"},
     )
