@@ -233,6 +233,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _streamed_chat(conversation_id: str) -> bytes:
+    """A raw HTTP request for a "big" message's reply as an event stream."""
+    body = json.dumps({"conversation_id": conversation_id, "user_id": "u", "text": "big"})
+    return (
+        f"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
 def _big_reply_model(chunks: int, chunk: str) -> Any:
     """An OpenAI-compatible model that streams `chunks` × `chunk` of text per reply."""
     from fastapi import FastAPI
@@ -364,12 +373,7 @@ async def test_event_stream_readers_that_never_read_are_bounded(tmp_path: Path) 
             rss_before = _rss_mb(served.proc.pid)
             readers = []
             for i in range(20):
-                body = json.dumps({"conversation_id": f"s{i}", "user_id": "u", "text": "big"})
-                request = (
-                    f"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-                ).encode()
-                readers.append(await _open(port, request))
+                readers.append(await _open(port, _streamed_chat(f"s{i}")))
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
                 async def all_answered() -> bool:
@@ -415,12 +419,7 @@ async def test_a_stream_reader_that_stops_reading_is_dropped_after_the_send_time
         )
         with _serve(tmp_path, port, env) as served:
             await _wait_ready(url, served)
-            body = json.dumps({"conversation_id": "slow", "user_id": "u", "text": "big"})
-            request = (
-                f"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-            ).encode()
-            reader, writer = await _open(port, request)  # and then it never reads
+            reader, writer = await _open(port, _streamed_chat("slow"))  # and then it never reads
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
                 async def answered() -> bool:
