@@ -89,9 +89,10 @@ class ModelReply:
     finish_reason: str | None = None
 
 
-#: Connections the model's client opens at most (the SDK's default), and keeps alive at most.
+#: Connections the model's client may open: the SDK's default, or one per slot of the
+#: upstream's `max_concurrent`, up to `MOST_CONNECTIONS`.
 MAX_CONNECTIONS = 1000
-MAX_KEEPALIVE = 2000
+MOST_CONNECTIONS = 2000
 
 
 def make_openai_client(settings: Settings) -> AsyncOpenAI:
@@ -100,17 +101,17 @@ def make_openai_client(settings: Settings) -> AsyncOpenAI:
     Without `OPENAI_API_KEY` a placeholder key is used, which is what a local
     OpenAI-compatible server (the simulator, a self-hosted model) expects.
 
-    Every slot of the upstream's `max_concurrent` keeps its connection alive between calls
-    (the SDK keeps 100): above 100 calls at once, the rest would each open a new one.
-    The HTTP is aiohttp's, under the SDK's own `httpx2` adapter (`DefaultAioHttpClient`):
-    httpcore's pool walks all its connections per request, and its reads go through anyio.
+    Every slot of the upstream's `max_concurrent` has a connection, kept alive between
+    calls for `keepalive_expiry` (aiohttp keeps every connection it opened; it has no
+    count of kept ones). The HTTP is aiohttp's, under the SDK's own `httpx2` adapter
+    (`DefaultAioHttpClient`): httpcore's pool walks all its connections per request, and
+    its reads go through anyio.
     """
     llm = settings.llm
     policy = settings.policies().get(llm.api)
     slots = policy.max_concurrent if policy is not None else 0
     limits = httpx2.Limits(
-        max_connections=max(MAX_CONNECTIONS, min(slots, MAX_KEEPALIVE)),
-        max_keepalive_connections=max(100, min(slots, MAX_KEEPALIVE)),
+        max_connections=max(MAX_CONNECTIONS, min(slots, MOST_CONNECTIONS)),
         keepalive_expiry=5.0,  # the SDK's
     )
     return AsyncOpenAI(
