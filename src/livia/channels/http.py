@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -399,40 +399,39 @@ STREAM_BUFFER_BYTES = 256 * 1024
 #: does not drain within it is disconnected (its reply stays in the history).
 STREAM_SEND_TIMEOUT = 30.0
 
+T = TypeVar("T")
 
-class StreamBuffer:
-    """One event stream's pending events, bounded in bytes; `put` never blocks the turn.
 
-    Invariant: the events held take at most `limit` bytes (as sent). An event that would
-    pass the limit marks the buffer `overflowed`: what it holds is dropped, and `put`
-    raises so the turn stops sending events to this stream (the reply is still stored,
-    and sent in ``done``).
+class BoundedBuffer(Generic[T]):
+    """What a stream has not sent yet, at most `limit` bytes; holding never blocks the turn.
+
+    Invariant: the items held take at most `limit` bytes. An item that would pass the limit
+    is not held and marks the buffer `overflowed` (for good): the stream then ends with the
+    stored reply instead.
     """
 
     def __init__(self, limit: int = STREAM_BUFFER_BYTES) -> None:
         self.limit = limit
         self.size = 0
         self.overflowed = False
-        self._items: collections.deque[tuple[str, str]] = collections.deque()
+        self._items: collections.deque[T] = collections.deque()
         self._ready = asyncio.Event()
 
-    async def put(self, event: TurnEvent) -> None:
-        """Hold `event` for the stream (a `TurnDone` is not sent: ``done`` is the stored reply)."""
-        if isinstance(event, TurnDone) or self.overflowed:
-            return
-        data = _event_json(event)
-        if self.size + len(data) > self.limit:
+    def hold(self, item: T, size: int) -> bool:
+        """Hold `item` of `size` bytes; False (and `overflowed`) when it does not fit."""
+        if self.overflowed:
+            return False
+        if self.size + size > self.limit:
             self.overflowed = True
-            self._items.clear()
-            self.size = 0
             self._ready.set()
-            raise BufferError(f"event stream over {self.limit} bytes unread")
-        self._items.append((_EVENT_NAMES[event.kind], data))
-        self.size += len(data)
+            return False
+        self._items.append(item)
+        self.size += size
         self._ready.set()
+        return True
 
-    def drain(self) -> list[tuple[str, str]]:
-        """The events held, oldest first (the buffer is then empty)."""
+    def take(self) -> list[T]:
+        """The items held, oldest first (the buffer is then empty)."""
         items = list(self._items)
         self._items.clear()
         self.size = 0
@@ -440,8 +439,30 @@ class StreamBuffer:
         return items
 
     async def wait(self) -> None:
-        """Until an event is held (or the buffer overflowed)."""
+        """Until an item is held (or the buffer overflowed)."""
         await self._ready.wait()
+
+
+class StreamBuffer(BoundedBuffer[tuple[str, str]]):
+    """One event stream's pending events (name, JSON), as sent.
+
+    An event that would pass the limit drops what is held, and `put` raises so the turn
+    stops sending events to this stream (the reply is still stored, and sent in ``done``).
+    """
+
+    async def put(self, event: TurnEvent) -> None:
+        """Hold `event` for the stream (a `TurnDone` is not sent: ``done`` is the stored reply)."""
+        if isinstance(event, TurnDone) or self.overflowed:
+            return
+        data = _event_json(event)
+        if not self.hold((_EVENT_NAMES[event.kind], data), len(data)):
+            self.take()
+            self._ready.set()
+            raise BufferError(f"event stream over {self.limit} bytes unread")
+
+    def drain(self) -> list[tuple[str, str]]:
+        """The events held, oldest first (the buffer is then empty)."""
+        return self.take()
 
 
 _EVENT_NAMES = {

@@ -29,7 +29,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +41,7 @@ from livia.agent.events import TextDelta, TurnEvent
 from livia.channels.access import act_as, authenticate, may_write
 from livia.channels.errors import ApiError, errors, read_capped, running_livia
 from livia.channels.http import (
+    BoundedBuffer,
     _conversation_error,
     _describe,
     event_stream,
@@ -66,9 +66,6 @@ DEFAULT_USER = "openai"
 STATELESS_PREFIX = "oai-"
 #: Header naming the conversation (request) / the conversation used (response).
 CONVERSATION_HEADER = "X-Livia-Conversation"
-#: Bytes of unsent text a stream holds for a slow reader; past it, deltas are no longer
-#: kept and the rest of the reply is sent in one piece from the stored reply.
-STREAM_BUFFER_BYTES = 256 * 1024
 #: Seconds one write to a stream may wait for the client before it is dropped.
 _PING_SECONDS = 15
 _BODY_SLACK = 64 * 1024
@@ -278,37 +275,16 @@ def _completion_id(conversation_id: str, message_id: str) -> str:
     return f"chatcmpl-{digest}"
 
 
-class _TextBuffer:
-    """The reply text a stream has not sent yet, bounded in bytes; `put` never blocks."""
-
-    def __init__(self, limit: int = STREAM_BUFFER_BYTES) -> None:
-        self.limit = limit
-        self.size = 0
-        self.overflowed = False
-        self._pieces: deque[str] = deque()
-        self._ready = asyncio.Event()
+class _TextBuffer(BoundedBuffer[str]):
+    """The reply text a stream has not sent yet; past the limit the rest comes from the
+    stored reply (what is held is still sent)."""
 
     async def put(self, event: TurnEvent) -> None:
-        if not isinstance(event, TextDelta) or self.overflowed or not event.text:
-            return
-        size = len(event.text.encode("utf-8", "surrogatepass"))
-        if self.size + size > self.limit:
-            self.overflowed = True  # the rest comes from the stored reply
-            self._ready.set()
-            return
-        self._pieces.append(event.text)
-        self.size += size
-        self._ready.set()
+        if isinstance(event, TextDelta) and event.text:
+            self.hold(event.text, len(event.text.encode("utf-8", "surrogatepass")))
 
     def drain(self) -> str:
-        text = "".join(self._pieces)
-        self._pieces.clear()
-        self.size = 0
-        self._ready.clear()
-        return text
-
-    async def wait(self) -> None:
-        await self._ready.wait()
+        return "".join(self.take())
 
 
 def _error_payload(exc: BaseException, prepared: _Prepared) -> dict[str, Any]:
