@@ -160,8 +160,11 @@ class RunningLivia:
     url: str
     app: Any
     sim: Any  # livia.sim.openai.SimOpenAI
-    #: The JSON body of every request the agent sent to the model, in send order.
-    model_requests: list[dict[str, Any]]
+
+    @property
+    def model_requests(self) -> list[dict[str, Any]]:
+        """The JSON body of every chat request the agent sent to the model, in send order."""
+        return list(self.sim.requests)
 
     @property
     def livia(self) -> Any:
@@ -183,11 +186,6 @@ async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
     settings pointing at it (other keyword arguments are settings sections, merged in),
     served by uvicorn in this event loop. Everything stops at the end of the test.
     """
-    import json
-
-    import httpx2
-    from openai import AsyncOpenAI
-
     from livia.app import build_app
     from livia.config import Settings
     from livia.sim._serving import UvicornRunner
@@ -198,7 +196,8 @@ async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
         async def start(
             *, latency: float = 0.0, sim: dict[str, Any] | None = None, **sections: Any
         ) -> RunningLivia:
-            model = SimOpenAI(SimOpenAIConfig(latency=latency, **(sim or {})))
+            config = {"latency": latency, "record": 10_000, **(sim or {})}
+            model = SimOpenAI(SimOpenAIConfig(**config))
             model_url = await model.start()
             stack.push_async_callback(model.stop)
             base = {
@@ -206,22 +205,11 @@ async def livia_server(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
                 "store": {"url": f"sqlite:///{tmp_path}/livia.db"},
             }
             settings = Settings(**_merged(base, sections))
-            sent: list[dict[str, Any]] = []
-
-            async def record(request: Any) -> None:
-                if request.url.path.endswith("/chat/completions"):
-                    sent.append(json.loads(request.content))
-
-            http = httpx2.AsyncClient(event_hooks={"request": [record]}, timeout=60.0)
-            client = AsyncOpenAI(
-                base_url=model_url, api_key="test", max_retries=0, http_client=http
-            )
-            stack.push_async_callback(client.close)
-            app = build_app(settings, openai_client=client)
+            app = build_app(settings)
             runner = UvicornRunner(app)
             url = await runner.start("127.0.0.1", 0)
             stack.push_async_callback(runner.stop)
-            return RunningLivia(url, app, model, sent)
+            return RunningLivia(url, app, model)
 
         yield start
 

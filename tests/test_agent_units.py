@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx2
@@ -129,21 +130,36 @@ def test_model_failures_become_short_honest_apologies() -> None:
 # --- the event stream reader ----------------------------------------------------------------
 
 
-def _sse(*parts: bytes) -> httpx2.Response:
-    """A streamed response whose body arrives in `parts` (boundaries anywhere)."""
+_REQUEST = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
 
-    async def body():  # type: ignore[no-untyped-def]
-        for part in parts:
+
+class _Body:
+    """A streamed response body arriving in `parts` (boundaries anywhere); `consumed` once
+    read to its end."""
+
+    def __init__(self, *parts: bytes, after: str = "end") -> None:
+        self.parts = parts
+        self.after = after
+        self.consumed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
             yield part
+        if self.after == "hang":
+            await asyncio.sleep(3600)
+        if self.after == "break":
+            raise ConnectionResetError("connection reset by peer")
+        self.consumed = True
 
-    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
-    return httpx2.Response(200, content=body(), request=request)
+
+def _sse(*parts: bytes) -> _Body:
+    return _Body(*parts)
 
 
-async def _events(response: httpx2.Response) -> list[dict[str, object]]:
+async def _events(body: _Body) -> list[dict[str, object]]:
     from livia.agent.model import _stream_events
 
-    return [event async for event in _stream_events(response)]
+    return [event async for event in _stream_events(aiter(body), _REQUEST)]
 
 
 async def test_stream_reader_joins_events_split_anywhere_and_drains_after_done() -> None:
@@ -160,7 +176,7 @@ async def test_stream_reader_joins_events_split_anywhere_and_drains_after_done()
     response = _sse(*(body[a:b] for a, b in itertools.pairwise(cuts)))
     events = await _events(response)
     assert [e.get("usage", {}).get("total_tokens") for e in events] == [None, None, 5]  # type: ignore[union-attr]
-    assert response.is_stream_consumed  # read to the end: the connection can be reused
+    assert response.consumed  # read to the end: the connection can be reused
 
 
 async def test_stream_reader_takes_a_last_event_without_its_blank_line() -> None:
@@ -217,17 +233,9 @@ def test_chunks_make_text_tool_calls_usage_and_finish_reason() -> None:
     assert reply.usage is not None and reply.usage.total_tokens == 13
 
 
-def _sse_then(body: bytes, after: str) -> httpx2.Response:
+def _sse_then(body: bytes, after: str) -> _Body:
     """A stream of `body`, then: the connection breaks ("break") or goes silent ("hang")."""
-
-    async def chunks():  # type: ignore[no-untyped-def]
-        yield body
-        if after == "hang":
-            await asyncio.sleep(3600)
-        raise httpx2.ReadError("connection reset by peer")
-
-    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
-    return httpx2.Response(200, content=chunks(), request=request)
+    return _Body(body, after=after)
 
 
 @pytest.mark.parametrize("after", ["break", "hang"])

@@ -1,30 +1,31 @@
-"""The model's HTTP client has a connection for every slot of its upstream (issue 12).
+"""The model's chat streams have a connection for every slot of their upstream (issue 12).
 
-The SDK's aiohttp adapter keeps every connection it opened alive for `keepalive_expiry`
-(aiohttp has no count of kept connections), so what bounds it is `max_connections`.
+aiohttp keeps every connection it opened alive for `KEEPALIVE` seconds (it has no count
+of kept connections), so what bounds them is the connector's limit.
 """
 
 from __future__ import annotations
 
-import httpx2
-
-from livia.agent.model import make_openai_client
+from livia.agent.model import make_openai_client, model_connections
+from livia.agent.wire import KEEPALIVE, ModelWire
 from livia.config import Settings
 
 
-def _limits(settings: Settings) -> httpx2.Limits:
-    transport = make_openai_client(settings)._client._transport  # the SDK's aiohttp adapter
-    limits: httpx2.Limits = transport.limits
-    return limits
-
-
 def test_every_slot_has_a_connection_and_the_total_is_bounded() -> None:
-    many = _limits(Settings(apis={"openai": {"max_concurrent": 1500}}))
-    assert many.max_connections == 1500
-    wide = _limits(Settings(apis={"openai": {"max_concurrent": 5000}}))
-    assert wide.max_connections == 2000  # bounded, however wide the policy
-    assert wide.keepalive_expiry == 5.0
+    assert model_connections(Settings(apis={"openai": {"max_concurrent": 1500}})) == 1500
+    assert model_connections(Settings(apis={"openai": {"max_concurrent": 5000}})) == 2000
+    assert model_connections(Settings()) == 1000  # openai: 8 at once
 
 
-def test_small_limits_keep_the_sdk_defaults() -> None:
-    assert _limits(Settings()).max_connections == 1000  # openai: 8 at once
+async def test_the_wire_opens_its_pool_with_that_bound_and_the_sdks_headers() -> None:
+    settings = Settings(llm={"base_url": "http://127.0.0.1:9/v1"})
+    wire = ModelWire(make_openai_client(settings), connections=1500)
+    session = wire._open()
+    try:
+        assert session.connector is not None and session.connector.limit == 1500
+        assert session.connector._keepalive_timeout == KEEPALIVE
+        assert session.headers["Authorization"].startswith("Bearer ")
+        assert session.headers["User-Agent"].startswith("AsyncOpenAI/Python")
+        assert wire.url == "http://127.0.0.1:9/v1/chat/completions"
+    finally:
+        await session.close()

@@ -19,16 +19,17 @@ tool calls cannot duplicate anything.
 
 Reading the stream
 ------------------
-The SDK sends the request and raises its typed errors (429 with its headers, 5xx, ...);
-the event stream itself is read here, each event decoded with `json.loads` into plain
-dicts: building the SDK's pydantic chunk models took a third of a busy server's CPU
-(profile in docs/bench.md), and a reply is dozens of chunks.
+`livia.agent.wire` sends the request (the SDK's URL, headers and typed errors; aiohttp's
+pool) and the event stream is read here, each event decoded with `json.loads` into plain
+dicts: the SDK's request path and its pydantic chunk models were most of a busy server's
+CPU (profile in docs/bench.md), and a reply is dozens of chunks.
 
 Timeouts
 --------
 Three bounds, from the widest: `[llm] timeout` covers the whole call (waiting for
 capacity, every attempt, the backoff between them); `[llm] attempt_timeout` one attempt;
-`[llm] stream_idle_timeout` the wait for each chunk of the stream, the first included. A
+`[llm] stream_idle_timeout` the wait for each chunk of the stream, the first included
+(`IdleTimeout`: one timer per gap, not one per chunk). A
 hung or stalled attempt thus gives its concurrency slot back within the smaller bounds and
 is retried like any failed attempt (before the first text delta), instead of holding the
 slot, and everyone queued behind it, for the whole `timeout`.
@@ -37,26 +38,22 @@ slot, and everyone queued behind it, for the whole `timeout`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from openai import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AsyncOpenAI,
-    DefaultAioHttpClient,
-    omit,
-)
+from openai import APIConnectionError, APIError, AsyncOpenAI
 from openai.types import CompletionUsage
 from pydantic import ValidationError
 
 from livia.agent.failures import ModelTimeout, StreamInterrupted
+from livia.agent.idle import IdleTimeout
 from livia.agent.prompts import estimate_tokens
+from livia.agent.wire import MAX_CONNECTIONS, MOST_CONNECTIONS, TRANSFER_ERRORS, ModelWire
 from livia.concurrency import ConcurrencyManager
 from livia.config import LlmConfig, Settings
 from livia.files.images import url_tokens
@@ -89,47 +86,52 @@ class ModelReply:
     finish_reason: str | None = None
 
 
-#: Connections the model's client may open: the SDK's default, or one per slot of the
-#: upstream's `max_concurrent`, up to `MOST_CONNECTIONS`.
-MAX_CONNECTIONS = 1000
-MOST_CONNECTIONS = 2000
-
-
 def make_openai_client(settings: Settings) -> AsyncOpenAI:
     """An `AsyncOpenAI` for `[llm]`: its `base_url`, SDK retries off, the request timeout.
 
     Without `OPENAI_API_KEY` a placeholder key is used, which is what a local
-    OpenAI-compatible server (the simulator, a self-hosted model) expects.
-
-    Every slot of the upstream's `max_concurrent` has a connection, kept alive between
-    calls for `keepalive_expiry` (aiohttp keeps every connection it opened; it has no
-    count of kept ones). The HTTP is aiohttp's, under the SDK's own `httpx2` adapter
-    (`DefaultAioHttpClient`): httpcore's pool walks all its connections per request, and
-    its reads go through anyio.
+    OpenAI-compatible server (the simulator, a self-hosted model) expects. Chat streams go
+    through `ModelWire` with this client's URL and headers; the SDK sends the rest
+    (transcriptions, images).
     """
     llm = settings.llm
-    policy = settings.policies().get(llm.api)
-    slots = policy.max_concurrent if policy is not None else 0
-    limits = httpx2.Limits(
-        max_connections=max(MAX_CONNECTIONS, min(slots, MOST_CONNECTIONS)),
-        keepalive_expiry=5.0,  # the SDK's
-    )
     return AsyncOpenAI(
         api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
         base_url=llm.base_url or None,
         max_retries=0,  # the concurrency manager owns retries
         timeout=httpx2.Timeout(llm.timeout, connect=min(10.0, llm.timeout)),
-        http_client=DefaultAioHttpClient(limits=limits),
     )
+
+
+def model_connections(settings: Settings) -> int:
+    """Connections for the model's chat streams: one per slot of the `[llm] api`
+    upstream's `max_concurrent`, at least `MAX_CONNECTIONS`, at most `MOST_CONNECTIONS`."""
+    policy = settings.policies().get(settings.llm.api)
+    slots = policy.max_concurrent if policy is not None else 0
+    return max(MAX_CONNECTIONS, min(slots, MOST_CONNECTIONS))
 
 
 class ModelClient:
     """Streams Chat Completions through the concurrency manager on the `[llm] api` upstream."""
 
-    def __init__(self, config: LlmConfig, manager: ConcurrencyManager, client: AsyncOpenAI) -> None:
+    def __init__(
+        self,
+        config: LlmConfig,
+        manager: ConcurrencyManager,
+        client: AsyncOpenAI,
+        *,
+        connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.config = config
         self.manager = manager
         self.client = client
+        self.wire = ModelWire(
+            client, connections=connections, connect_timeout=min(10.0, config.timeout)
+        )
+
+    async def aclose(self) -> None:
+        """Close the chat streams' connections."""
+        await self.wire.aclose()
 
     def estimate_cost(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any]) -> int:
         """Tokens this call may use: the prompt (messages and tool schemas) plus the output cap."""
@@ -167,7 +169,7 @@ class ModelClient:
             left = ends - loop.time()
             budget = min(self.config.attempt_timeout or left, left)
             if budget <= 0:
-                raise ModelTimeout(self._request(), "no time left for another attempt")
+                raise ModelTimeout(self.wire.request, "no time left for another attempt")
             try:
                 return await self._stream_once(messages, tools, forward, final=final, budget=budget)
             except (asyncio.CancelledError, StreamInterrupted):
@@ -199,47 +201,27 @@ class ModelClient:
         and with no more than `[llm] stream_idle_timeout` seconds between two chunks."""
         reply = ModelReply()
         calls: dict[int, ToolCall] = {}
-        idle = self.config.stream_idle_timeout or None
+        gap = IdleTimeout(self.config.stream_idle_timeout or None)
         waiting = "response"
+        body = self._body(messages, tools, final=final)
         try:
-            async with asyncio.timeout(budget) as whole:
-                async with asyncio.timeout(idle) as gap:
-                    # The messages and tools (plain JSON already) go in `extra_body`: the
-                    # SDK's walk of typed params over them cost ~18 % of a busy loop.
-                    payload: dict[str, Any] = {"messages": list(messages)}
-                    if tools:
-                        payload["tools"] = list(tools)
-                    response = self.client.chat.completions.with_streaming_response.create(
-                        model=self.config.model,
-                        messages=[],
-                        stream=True,
-                        stream_options={"include_usage": True},
-                        max_completion_tokens=self.config.max_output_tokens,
-                        tool_choice="none" if tools and final else omit,
-                        temperature=self.config.temperature
-                        if self.config.temperature is not None
-                        else omit,
-                        extra_body=payload,
-                    )
-                    async with response as opened:
-                        waiting = "first chunk"
-                        chunks = _stream_events(opened.http_response)
-                        while True:
-                            gap.reschedule(_after(idle))
-                            try:
-                                chunk = await anext(chunks)
-                            except StopAsyncIteration:
-                                break
-                            waiting = "next chunk"
-                            _take_chunk(chunk, reply, calls, on_text)
+            async with asyncio.timeout(budget) as whole, gap, self.wire.stream(body) as blocks:
+                waiting = "first chunk"
+                gap.touch()
+                events = _stream_events(blocks, self.wire.request)
+                async with contextlib.aclosing(events):
+                    async for chunk in events:
+                        gap.touch()
+                        waiting = "next chunk"
+                        _take_chunk(chunk, reply, calls, on_text)
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
-            if gap.expired() and not whole.expired():
-                why = f"the stream stalled: no {waiting} for {idle:g} s"
+            if gap.expired and not whole.expired():
+                why = f"the stream stalled: no {waiting} for {gap.seconds:g} s"
             else:
                 why = f"the attempt took over {budget:.3g} s"
             log.info("model attempt abandoned: %s", why)
-            raise ModelTimeout(self._request(), why) from None
+            raise ModelTimeout(self.wire.request, why) from None
         reply.tool_calls = [
             ToolCall(id=call.id or f"call_{index}", name=call.name, arguments=call.arguments)
             for index, call in sorted(calls.items())
@@ -247,59 +229,88 @@ class ModelClient:
         ]
         return reply
 
-    def _request(self) -> httpx2.Request:
-        return httpx2.Request("POST", str(self.client.base_url) + "chat/completions")
+    def _body(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], *, final: bool
+    ) -> dict[str, Any]:
+        """The request's JSON, as the SDK would send it for a streamed call."""
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_completion_tokens": self.config.max_output_tokens,
+        }
+        if tools:
+            body["tools"] = list(tools)
+            if final:
+                body["tool_choice"] = "none"
+        if self.config.temperature is not None:
+            body["temperature"] = self.config.temperature
+        return body
 
 
 #: Seconds spent reading what follows ``[DONE]`` (the body's end) before letting it go.
 _DRAIN_SECONDS = 0.1
 
 
-async def _stream_events(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of a Chat Completions event stream, up to ``[DONE]``.
+async def _stream_events(
+    blocks: AsyncIterator[bytes], request: httpx2.Request
+) -> AsyncGenerator[dict[str, Any]]:
+    """The JSON objects of a Chat Completions event stream (its body's `blocks`, split
+    anywhere), up to ``[DONE]``.
 
-    As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken or timed
-    out read `APIConnectionError` / `APITimeoutError`; after ``[DONE]`` the rest of the body
-    is read briefly (so the connection can be reused) and nothing there can spoil a reply
-    that is complete.
+    As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken read
+    `APIConnectionError`; after ``[DONE]`` the rest of the body is read briefly (so the
+    connection can be reused) and nothing there can spoil a reply that is complete.
     """
-    lines = response.aiter_lines()
-    data: list[str] = []
+    pending = b""
+    data: list[bytes] = []
     try:
-        async for line in lines:
-            if line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-            elif not line and data:  # a blank line ends an event
-                event = _event("\n".join(data), response)
-                data.clear()
+        async for block in blocks:
+            *lines, pending = (pending + block).split(b"\n") if pending else block.split(b"\n")
+            for line in lines:
+                event = _line(line, data, request)
                 if event is None:
-                    await _drain(lines)
+                    await _drain(blocks)
                     return
                 if event:
                     yield event
-    except httpx2.TimeoutException as exc:
-        raise APITimeoutError(request=response.request) from exc
-    except httpx2.TransportError as exc:
-        raise APIConnectionError(request=response.request) from exc
-    if data:  # the body ended without the blank line after its last event
-        event = _event("\n".join(data), response)
+    except TRANSFER_ERRORS as exc:
+        raise APIConnectionError(request=request) from exc
+    # The body ended without the blank line after its last event (or its last line's end).
+    for line in (pending, b""):
+        event = _line(line, data, request)
         if event:
             yield event
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+def _line(line: bytes, data: list[bytes], request: httpx2.Request) -> dict[str, Any] | None:
+    """Take one line of the stream: an event's object when the line ends one, None for
+    ``[DONE]``, else {} (a data line is kept in `data`, comments and other fields dropped)."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.startswith(b"data:"):
+        data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    elif not line and data:  # a blank line ends an event
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        data.clear()
+        return _event(payload, request)
+    return {}
+
+
+async def _drain(blocks: AsyncIterator[bytes]) -> None:
     """Read the body's end for at most `_DRAIN_SECONDS`, ignoring whatever goes wrong."""
     try:
         async with asyncio.timeout(_DRAIN_SECONDS):
-            async for _ in lines:
+            async for _ in blocks:
                 pass
-    except (TimeoutError, httpx2.HTTPError, httpx2.StreamError):
+    except (TimeoutError, *TRANSFER_ERRORS):
         pass
 
 
-def _event(payload: str, response: httpx2.Response) -> dict[str, Any] | None:
+def _event(payload: bytes, request: httpx2.Request) -> dict[str, Any] | None:
     """One event's data as an object: None for ``[DONE]``, {} for what is not an object."""
-    if payload.startswith("[DONE]"):
+    if payload.startswith(b"[DONE]"):
         return None
     event = json.loads(payload)
     if not isinstance(event, dict):
@@ -309,7 +320,7 @@ def _event(payload: str, response: httpx2.Response) -> dict[str, Any] | None:
         message = error.get("message") if isinstance(error, dict) else None
         if not isinstance(message, str) or not message:
             message = "An error occurred during streaming"
-        raise APIError(message, response.request, body=error)
+        raise APIError(message, request, body=error)
     return event
 
 
@@ -363,8 +374,3 @@ def _image_tokens(messages: Sequence[dict[str, Any]]) -> int:
                 image = part.get("image_url") or {}
                 total += url_tokens(str(image.get("url") or ""), str(image.get("detail") or "auto"))
     return total
-
-
-def _after(seconds: float | None) -> float | None:
-    """The loop time `seconds` from now (None: never)."""
-    return None if seconds is None else asyncio.get_running_loop().time() + seconds

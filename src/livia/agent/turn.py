@@ -20,7 +20,13 @@ from openai import AsyncOpenAI
 
 from livia.agent.events import TextDelta, ToolFinished, ToolStarted, TurnDone, TurnEvent
 from livia.agent.failures import model_failure
-from livia.agent.model import ModelClient, ModelReply, ToolCall, make_openai_client
+from livia.agent.model import (
+    ModelClient,
+    ModelReply,
+    ToolCall,
+    make_openai_client,
+    model_connections,
+)
 from livia.agent.prompts import build_messages, estimate_tokens, system_prompt
 from livia.agent.toolbox import Toolbox, ToolOutcome
 from livia.concurrency import ConcurrencyManager
@@ -50,7 +56,9 @@ class Agent:
         self.manager = manager
         self._owns_client = openai_client is None
         self.client = openai_client or make_openai_client(settings)
-        self.model = ModelClient(settings.llm, manager, self.client)
+        self.model = ModelClient(
+            settings.llm, manager, self.client, connections=model_connections(settings)
+        )
         self.toolbox = toolbox or Toolbox(settings.mcp, manager)
         #: Reads the files people send, draws images (each call through `manager`).
         self.files = FileWork(settings, manager, self.client)
@@ -63,6 +71,7 @@ class Agent:
         """Close the tool sessions and the model client (if this agent created it)."""
         await self.toolbox.aclose()
         await self.files.aclose()
+        await self.model.aclose()
         if self._owns_client:
             await self.client.close()
 
