@@ -290,10 +290,13 @@ def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
 
-async def test_slowloris_silent_and_excess_connections_are_bounded(tmp_path: Path) -> None:
+async def test_slowloris_silent_excess_and_oversized_connections_are_bounded(
+    tmp_path: Path,
+) -> None:
     """1 000 connections against a process allowed 1 024 files: 200 slowloris (headers
     never finished), 800 silent. Others are still served, the slow ones are closed after
-    the header timeout, no "too many open files" flood, and the server serves afterwards."""
+    the header timeout, no "too many open files" flood, 100 KB of headers is a 431, and the
+    server serves afterwards."""
     from livia.commands.serve import HEADER_TIMEOUT
 
     async with SimOpenAI(SimOpenAIConfig(latency=0.05)) as model:
@@ -337,6 +340,13 @@ async def test_slowloris_silent_and_excess_connections_are_bounded(tmp_path: Pat
                 for _, writer in slow + silent:
                     writer.close()
                 rss_after = _rss_mb(proc.pid)
+                # Headers past the bound are refused (431), not buffered without end.
+                big = b"GET /v1/conversations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                big += b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+                reader, writer = await _open(port, big)
+                answer = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
                 after = await client.post("/v1/chat", json={**body, "text": "and now?"})
                 assert after.status_code == 200 and after.json()["error"] is None
         finally:
