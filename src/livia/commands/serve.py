@@ -308,7 +308,7 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         log_config=None,  # keep the CLI's logging (one format, secrets redacted)
         access_log=False,
         lifespan="on",
-        loop="asyncio",
+        loop="auto",  # uvloop where installed (the default; ~14 % less CPU at load), else asyncio
         http=_GuardedHttp,
         timeout_keep_alive=int(KEEP_ALIVE),
         limit_concurrency=LIMIT_CONCURRENCY,
