@@ -200,17 +200,32 @@ class Agent:
         """One model call, relayed as it streams: text pieces, then the reply or the error.
 
         The call runs in its own task (the manager holds the slot while the task consumes
-        the stream); pieces cross over through a queue. Closing this generator early
+        the stream); its text crosses over through a list, and what arrived while this
+        generator was away goes on as one piece (under load, a network read often brings
+        several chunks: one hop for them all, not one each). Closing this generator early
         cancels the call.
         """
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        pieces: list[str] = []
+        ready = asyncio.Event()
+
+        def on_text(text: str) -> None:
+            pieces.append(text)
+            ready.set()
+
         task = asyncio.create_task(
-            self.model.complete(messages, tools, key=key, on_text=queue.put_nowait, final=final)
+            self.model.complete(messages, tools, key=key, on_text=on_text, final=final)
         )
-        task.add_done_callback(lambda _: queue.put_nowait(None))
+        task.add_done_callback(lambda _: ready.set())
         try:
-            while (piece := await queue.get()) is not None:
-                yield piece
+            while True:
+                await ready.wait()
+                ready.clear()
+                if pieces:
+                    text = pieces[0] if len(pieces) == 1 else "".join(pieces)
+                    pieces.clear()
+                    yield text
+                if task.done() and not pieces:
+                    break
             try:
                 yield task.result()
             except Exception as exc:

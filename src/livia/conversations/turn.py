@@ -33,9 +33,12 @@ class Listeners:
 
     async def emit(self, event: TurnEvent) -> None:
         """Hand `event` to every sink, in order, each within the timeout."""
+        if not self._sinks:
+            return
         for sink in list(self._sinks):
             try:
-                await asyncio.wait_for(sink(event), self._timeout)
+                async with asyncio.timeout(self._timeout):  # no task per event, as wait_for
+                    await sink(event)
             except Exception as exc:  # a listener's failure is never the turn's failure
                 log.warning(
                     "dropping event listener conversation_id=%s message_id=%s: %s",
