@@ -1,22 +1,25 @@
 """Many people at once: N conversations × M messages through a real `livia serve` over HTTP.
 
 The model is `livia sim openai` (a subprocess) at a given latency and limits. In the same
-run, the baseline: the bare `openai` SDK calling the same simulator with the same
-concurrency (what a process with no Livia around it costs). Printed:
+run, two references calling the same simulator with the same concurrency: the baseline,
+the bare `openai` SDK (what a process with no Livia around it costs), and the floor, the
+cheapest client there is (aiohttp, the body read and not decoded: what this machine, its
+cores shared with the simulator, allows at all). Printed:
 
 - throughput, and its ratio to the upstream bound: the least makespan the upstream
   allows (the longest conversation's M latencies, drawn from the same distribution; with
   limits, also N·M·mean latency ÷ max_concurrent and the per-minute rate); the baseline's
   ratio to the same bound shows what one client process reaches on this machine;
-- added latency p50/p99: Livia's end-to-end latency per message minus the baseline's, at
-  the same percentile (same latency distribution and seed);
+- added latency p50/p99: Livia's end-to-end latency per message minus the baseline's, and
+  minus the floor's, at the same percentile (same latency distribution and seed);
 - peak RSS and open fds of the serving processes (sampled every 0.25 s), the event loop's
   lag (each worker's `/stats` "loop"), CPU per message (server processes' user + system
   time, against the SDK's in the baseline);
 - lost (no reply) and twice (model calls beyond one per message, counted by the simulator).
 
 Run: ``python -m benchmarks.load`` (``--conversations 1000 --messages 3 --workers 2``,
-``--latency uniform:0.5:2``, ``--limits reference``); part of ``make bench``.
+``--latency uniform:0.5:2``, ``--limits reference``, ``--coordination redis``); part of
+``make bench``.
 """
 
 from __future__ import annotations
@@ -233,6 +236,49 @@ async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
     return Result(makespan, latencies, failures, cpu)
 
 
+async def floor(sim_url: str, n: int, m: int, limit: int | None) -> Result:
+    """The floor of this machine: the same calls as `baseline`, by the cheapest client
+    (aiohttp, the body read to its end, nothing decoded). What is left between it and the
+    upstream bound is the simulator's and this process's own CPU on shared cores."""
+    import aiohttp
+
+    latencies: list[float] = []
+    failures = 0
+    gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+    connector = aiohttp.TCPConnector(limit=n + 10, keepalive_timeout=3.0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+
+        async def conversation(c: int) -> None:
+            nonlocal failures
+            for i in range(m):
+                body = {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": f"conversation {c} message {i}"}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                t0 = time.perf_counter()
+                try:
+                    async with gate, client.post(f"{sim_url}/v1/chat/completions", json=body) as r:
+                        async for _ in r.content.iter_any():
+                            pass
+                        ok = r.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    failures += 1
+
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(conversation(c) for c in range(n)))
+        makespan = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    return Result(makespan, latencies, failures, cpu)
+
+
 async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
     """n conversations × m messages, each message sent when the previous one is answered.
 
@@ -355,6 +401,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         out["baseline_sim_requests"] = await _sim_requests(sim_url)
         out["baseline_sim_cpu_s"] = _cpu_s(sim.pid) - sim_cpu
+        least = await floor(
+            sim_url, n, m, REFERENCE["max_concurrent"] if limits is REFERENCE else None
+        )
+        await _sim_requests(sim_url)  # resets the simulator's counts
 
         livia_env = {
             **env,
@@ -373,7 +423,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             livia_env["LIVIA_STORE__URL"] = pg.new_database()
             database_pid = pg.pid()
         out["store"] = args.store
-        if workers > 1:
+        if workers > 1 or args.coordination == "redis":
             from tests.redis_server import redis_server
 
             server = stack.enter_context(redis_server())
@@ -421,10 +471,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     bound = upstream_bound(args.latency, n, m, limits)
     out["bound_s"] = bound
     out["baseline"] = {**_figures(base, total, bound), "failures": base.failures}
+    out["floor"] = {**_figures(least, total, bound), "failures": least.failures}
     out["livia"] = {
         **_figures(lived, total, bound),
         "added_p50_ms": (_pct(lived.latencies, 0.5) - _pct(base.latencies, 0.5)) * 1000,
         "added_p99_ms": (_pct(lived.latencies, 0.99) - _pct(base.latencies, 0.99)) * 1000,
+        "over_floor_p50_ms": (_pct(lived.latencies, 0.5) - _pct(least.latencies, 0.5)) * 1000,
+        "over_floor_p99_ms": (_pct(lived.latencies, 0.99) - _pct(least.latencies, 0.99)) * 1000,
         "mean_s": statistics.fmean(lived.latencies) if lived.latencies else math.nan,
         "lost": lived.failures,
         "resent": lived.extra["resent"],
@@ -460,7 +513,7 @@ def _profile_top(path: Path, count: int = 25) -> list[tuple[str, float]]:
 
 
 def report(r: dict[str, Any]) -> str:
-    b, v = r["baseline"], r["livia"]
+    b, f, v = r["baseline"], r["floor"], r["livia"]
     total = r["conversations"] * r["messages"]
     lag = r["loop"].values()
     p99 = max((x.get("lag_p99_ms") or 0 for x in lag), default=math.nan)
@@ -475,11 +528,16 @@ def report(r: dict[str, Any]) -> str:
         f"  {'baseline (bare openai SDK)':28s} {b['makespan_s']:8.2f}s {b['per_s']:7.0f} "
         f"{b['efficiency']:6.2f} {b['p50_s']:6.2f}s {b['p99_s']:6.2f}s "
         f"{b['cpu_ms_per_message']:6.2f}ms",
+        f"  {'floor (aiohttp, no decoding)':28s} {f['makespan_s']:8.2f}s {f['per_s']:7.0f} "
+        f"{f['efficiency']:6.2f} {f['p50_s']:6.2f}s {f['p99_s']:6.2f}s "
+        f"{f['cpu_ms_per_message']:6.2f}ms",
         f"  {'livia serve over HTTP':28s} {v['makespan_s']:8.2f}s {v['per_s']:7.0f} "
         f"{v['efficiency']:6.2f} {v['p50_s']:6.2f}s {v['p99_s']:6.2f}s "
         f"{v['cpu_ms_per_message']:6.2f}ms",
         f"  livia vs baseline: throughput {b['makespan_s'] / v['makespan_s']:.2f}, added latency "
-        f"p50 {v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms",
+        f"p50 {v['added_p50_ms']:.0f} ms, p99 {v['added_p99_ms']:.0f} ms; vs the floor: "
+        f"throughput {f['makespan_s'] / v['makespan_s']:.2f}, added latency "
+        f"p50 {v['over_floor_p50_ms']:.0f} ms, p99 {v['over_floor_p99_ms']:.0f} ms",
         f"  per worker: RSS {r['rss_idle_mb']:.0f} → {r['rss_peak_mb']:.0f} MB peak, fds peak "
         f"{r['fds_peak']}, loop lag p99 {p99:.0f} ms (worst {worst:.0f} ms)",
         f"  lost {v['lost']}, twice {v['twice']}, resent {v['resent']}; "
@@ -514,6 +572,12 @@ def main() -> None:
         help="model limits: none (never binding) or the reference (8 at once, 500/min)",
     )
     parser.add_argument("--log-level", default="info", help="livia serve's --log-level")
+    parser.add_argument(
+        "--coordination",
+        choices=("memory", "redis"),
+        default="memory",
+        help="the limits' backend with one worker (more workers always share them in Redis)",
+    )
     parser.add_argument(
         "--store",
         choices=("sqlite", "postgres"),
