@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from types import SimpleNamespace
 
@@ -29,6 +30,25 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     assert quiet["lag_max_ms"] < 150, quiet  # a shared machine: generous
     assert stalled["lag_max_ms"] >= 200 and stalled["lag_worst_ms"] >= 200, stalled
     assert stalled["lag_p50_ms"] < 150, stalled
+
+
+async def test_garbage_collections_are_timed_while_running() -> None:
+    monitor = LoopLag().start()
+    try:
+        before = monitor.stats()
+        rings = []
+        for _ in range(50_000):  # cyclic garbage: only the collector frees it
+            ring: list[object] = []
+            ring.append(ring)
+            rings.append(ring)
+        del rings, ring
+        gc.collect()
+        after = monitor.stats()
+    finally:
+        monitor.stop()
+    assert after["gc_pause_worst_ms"] > 0 and after["gc_pause_total_ms"] > 0, after
+    assert after["gc_collections"][2] > before["gc_collections"][2]
+    assert monitor._on_gc not in gc.callbacks  # stop() unhooks it
 
 
 def test_the_window_is_bounded() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import re
@@ -48,6 +49,10 @@ LIMIT_CONCURRENCY = 2048
 BACKLOG = 2048
 #: Seconds open requests get after the drain to send their last event before streams close.
 STREAM_FLUSH = 2.0
+#: The collector's thresholds (CPython's are 700, 10, 10): a message's objects live for
+#: seconds, so at hundreds of messages a second most outlived two young collections and
+#: piled up in the oldest generation, whose collections walk everything alive.
+GC_THRESHOLDS = (50_000, 50, 100)
 #: Seconds between two log lines about the same accept error (EMFILE…): the rest are counted.
 ACCEPT_ERROR_LOG_EVERY = 10.0
 
@@ -190,6 +195,16 @@ def _raise_fd_limit() -> int:
     return soft
 
 
+def _freeze_startup_objects() -> None:
+    """Leave what start-up built (modules, SDK types, the app) out of every later garbage
+    collection: each full collection walked them all, 120–290 ms with the loop stopped,
+    every few seconds under load (measured at 1 000 conversations), freeing nothing."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    log.debug("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
+
+
 class _Server(uvicorn.Server):
     """uvicorn that drains Livia's conversations before waiting for open connections.
 
@@ -205,6 +220,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         asyncio.get_running_loop().set_exception_handler(_AcceptErrorLog())
         await super().startup(sockets=sockets)
+        _freeze_startup_objects()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         from sse_starlette.sse import AppStatus
