@@ -157,9 +157,11 @@ def _sse(*parts: bytes) -> _Body:
 
 
 async def _events(body: _Body) -> list[dict[str, object]]:
-    from livia.agent.model import _stream_events
+    from livia.agent.model import _read_events
 
-    return [event async for event in _stream_events(aiter(body), _REQUEST)]
+    events: list[dict[str, object]] = []
+    await _read_events(aiter(body), _REQUEST, events.append)
+    return events
 
 
 async def test_stream_reader_joins_events_split_anywhere_and_drains_after_done() -> None:

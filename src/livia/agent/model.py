@@ -20,9 +20,10 @@ tool calls cannot duplicate anything.
 Reading the stream
 ------------------
 `livia.agent.wire` sends the request (the SDK's URL, headers and typed errors; aiohttp's
-pool) and the event stream is read here, each event decoded with `json.loads` into plain
-dicts: the SDK's request path and its pydantic chunk models were most of a busy server's
-CPU (profile in docs/bench.md), and a reply is dozens of chunks.
+pool) and the event stream is read here, each event decoded with `orjson.loads` into
+plain dicts: the SDK's request path and its pydantic chunk models were most of a busy
+server's CPU (profile in docs/bench.md), and a reply is dozens of chunks, each read on its
+own network read: this loop is the hottest in Livia.
 
 Timeouts
 --------
@@ -38,14 +39,13 @@ slot, and everyone queued behind it, for the whole `timeout`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
+import orjson
 from openai import APIConnectionError, APIError, AsyncOpenAI
 from openai.types import CompletionUsage
 from pydantic import ValidationError
@@ -208,12 +208,13 @@ class ModelClient:
             async with asyncio.timeout(budget) as whole, gap, self.wire.stream(body) as blocks:
                 waiting = "first chunk"
                 gap.touch()
-                events = _stream_events(blocks, self.wire.request)
-                async with contextlib.aclosing(events):
-                    async for chunk in events:
-                        gap.touch()
-                        waiting = "next chunk"
-                        _take_chunk(chunk, reply, calls, on_text)
+
+                def take(chunk: dict[str, Any]) -> None:
+                    nonlocal waiting
+                    waiting = "next chunk"
+                    _take_chunk(chunk, reply, calls, on_text)
+
+                await _read_events(blocks, self.wire.request, take, gap.touch)
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
             if gap.expired and not whole.expired():
@@ -253,20 +254,25 @@ class ModelClient:
 _DRAIN_SECONDS = 0.1
 
 
-async def _stream_events(
-    blocks: AsyncIterator[bytes], request: httpx2.Request
-) -> AsyncGenerator[dict[str, Any]]:
-    """The JSON objects of a Chat Completions event stream (its body's `blocks`, split
-    anywhere), up to ``[DONE]``.
+async def _read_events(
+    blocks: AsyncIterator[bytes],
+    request: httpx2.Request,
+    take: Callable[[dict[str, Any]], None],
+    progress: Callable[[], None] = lambda: None,
+) -> None:
+    """Hand `take` each JSON object of a Chat Completions event stream (its body's
+    `blocks`, split anywhere), up to ``[DONE]``; `progress` is called for each block.
 
     As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken read
     `APIConnectionError`; after ``[DONE]`` the rest of the body is read briefly (so the
-    connection can be reused) and nothing there can spoil a reply that is complete.
+    connection can be reused) and nothing there can spoil a reply that is complete. A plain
+    loop with callbacks, not an async generator: it runs once per network read.
     """
     pending = b""
     data: list[bytes] = []
     try:
         async for block in blocks:
+            progress()
             *lines, pending = (pending + block).split(b"\n") if pending else block.split(b"\n")
             for line in lines:
                 event = _line(line, data, request)
@@ -274,14 +280,14 @@ async def _stream_events(
                     await _drain(blocks)
                     return
                 if event:
-                    yield event
+                    take(event)
     except TRANSFER_ERRORS as exc:
         raise APIConnectionError(request=request) from exc
     # The body ended without the blank line after its last event (or its last line's end).
     for line in (pending, b""):
         event = _line(line, data, request)
         if event:
-            yield event
+            take(event)
 
 
 def _line(line: bytes, data: list[bytes], request: httpx2.Request) -> dict[str, Any] | None:
@@ -312,7 +318,7 @@ def _event(payload: bytes, request: httpx2.Request) -> dict[str, Any] | None:
     """One event's data as an object: None for ``[DONE]``, {} for what is not an object."""
     if payload.startswith(b"[DONE]"):
         return None
-    event = json.loads(payload)
+    event = orjson.loads(payload)
     if not isinstance(event, dict):
         return {}
     error = event.get("error")
