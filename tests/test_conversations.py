@@ -196,6 +196,44 @@ async def test_events_stream_to_the_listener(store: Store) -> None:
     await conv.aclose()
 
 
+class BurstResponder:
+    """Streams `parts` deltas of `size` characters back to back (a fast model's burst)."""
+
+    def __init__(self, parts: int, size: int) -> None:
+        self.parts, self.size = parts, size
+
+    async def respond(
+        self, history: Sequence[ChatMessage], text: str, *, key: str
+    ) -> AsyncIterator[TurnEvent]:
+        for _ in range(self.parts):
+            yield TextDelta("x" * self.size)
+        yield TurnDone("x" * self.size * self.parts)
+
+
+async def test_a_burst_of_events_meets_a_reader_that_keeps_pace(store: Store) -> None:
+    """An event stream's sender gets the loop between the turn's events: a 2 MB burst
+    passes through its 256 KB buffer, which would overflow if the turn ran it all first."""
+    from livia.channels.http import StreamBuffer
+
+    conv = Conversations(BurstResponder(parts=200, size=10_000), store)
+    await conv.start()
+    buffer = StreamBuffer()
+    sent: list[tuple[str, str]] = []
+
+    async def sender() -> None:  # what an event stream's response does
+        while True:
+            await buffer.wait()
+            sent.extend(buffer.drain())
+
+    reading = asyncio.create_task(sender())
+    reply = await conv.submit(_msg("c", "m", "go"), on_event=buffer.put)
+    await asyncio.sleep(0)
+    reading.cancel()
+    assert not buffer.overflowed and len(sent) == 200, (buffer.overflowed, len(sent))
+    assert len(reply.text) == 2_000_000
+    await conv.aclose()
+
+
 async def test_a_broken_listener_does_not_break_the_turn(store: Store) -> None:
     conv = await _started(EchoResponder(), store)
 

@@ -36,6 +36,10 @@ from livia.files import FileFailed, FileWork
 
 log = logging.getLogger(__name__)
 
+#: Most characters of text a model call's pieces are joined into for one delta: a burst of
+#: them goes on in a few deltas, not one whose size alone would overflow a stream's buffer.
+DELTA_MOST_CHARS = 16_384
+
 
 class Agent:
     """Answers turns with the `[llm]` model and the `[mcp]` tools; satisfies `Responder`.
@@ -221,9 +225,10 @@ class Agent:
                 await ready.wait()
                 ready.clear()
                 if pieces:
-                    text = pieces[0] if len(pieces) == 1 else "".join(pieces)
+                    waiting = _joined(pieces, DELTA_MOST_CHARS)
                     pieces.clear()
-                    yield text
+                    for text in waiting:
+                        yield text
                 if task.done() and not pieces:
                     break
             try:
@@ -325,6 +330,24 @@ def _parse_arguments(raw: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _joined(pieces: list[str], most: int) -> list[str]:
+    """`pieces` in order, consecutive ones joined while the result stays within `most`
+    characters (a longer piece stays alone)."""
+    if len(pieces) == 1:
+        return [pieces[0]]
+    out: list[str] = []
+    run: list[str] = []
+    size = 0
+    for piece in pieces:
+        if run and size + len(piece) > most:
+            out.append("".join(run))
+            run, size = [], 0
+        run.append(piece)
+        size += len(piece)
+    out.append("".join(run))
+    return out
 
 
 def _add_usage(usage: dict[str, int], reply: ModelReply) -> None:

@@ -32,7 +32,9 @@ class Listeners:
         self._sinks.append(sink)
 
     async def emit(self, event: TurnEvent) -> None:
-        """Hand `event` to every sink, in order, each within the timeout."""
+        """Hand `event` to every sink, in order, each within the timeout; then let the loop
+        run once, so the sinks' readers (an event stream's sender) keep pace with a burst
+        of events instead of meeting them all at once in an overflowing buffer."""
         if not self._sinks:
             return
         for sink in list(self._sinks):
@@ -47,6 +49,7 @@ class Listeners:
                     type(exc).__name__,
                 )
                 self._sinks.remove(sink)
+        await asyncio.sleep(0)
 
 
 async def run_turn(
