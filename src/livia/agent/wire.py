@@ -7,6 +7,10 @@ base URL, the headers (key, organization, project, user agent) and the typed err
 request path (option models, httpx2 over its aiohttp adapter, a read timeout re-armed on
 every network read) was over half of a busy server's CPU (profile in docs/bench.md).
 
+A proxy is taken from the environment once (``HTTPS_PROXY`` / ``HTTP_PROXY``, ``NO_PROXY``),
+as httpx would: aiohttp's own `trust_env` looks at them, and at ``~/.netrc`` in a thread,
+for every request.
+
 The connection pool has a connection for every slot of the upstream's `max_concurrent`
 (at least `MAX_CONNECTIONS`, at most `MOST_CONNECTIONS`), each kept alive between calls
 for `KEEPALIVE` seconds. There is no read timeout here: the caller bounds the attempt and
@@ -20,6 +24,8 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import httpx2
@@ -49,6 +55,16 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 TRANSFER_ERRORS = (aiohttp.ClientError, ConnectionError)
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (None: go direct), read as httpx and
+    urllib read it: ``<SCHEME>_PROXY`` or ``ALL_PROXY``, unless ``NO_PROXY`` covers the host."""
+    parts = urlsplit(url)
+    if parts.hostname and proxy_bypass(parts.hostname):
+        return None
+    proxies = getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 class ModelWire:
     """POSTs streamed Chat Completions requests for `client` (an `AsyncOpenAI`).
 
@@ -68,6 +84,7 @@ class ModelWire:
         self.connections = connections
         self.connect_timeout = connect_timeout
         self.request = httpx2.Request("POST", self.url)
+        self.proxy = proxy_for(self.url)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -93,7 +110,9 @@ class ModelWire:
         if self._session is None or self._session.closed:
             self._session = self._open()
         try:
-            response = await self._session.post(self.url, data=json.dumps(body).encode())
+            response = await self._session.post(
+                self.url, data=json.dumps(body).encode(), proxy=self.proxy
+            )
         except TRANSFER_ERRORS as exc:
             raise openai.APIConnectionError(request=self.request) from exc
         async with response:
