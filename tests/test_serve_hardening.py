@@ -295,8 +295,8 @@ async def test_slowloris_silent_excess_and_oversized_connections_are_bounded(
 ) -> None:
     """1 000 connections against a process allowed 1 024 files: 200 slowloris (headers
     never finished), 800 silent. Others are still served, the slow ones are closed after
-    the header timeout, no "too many open files" flood, 100 KB of headers is a 431, and the
-    server serves afterwards."""
+    the header timeout, no "too many open files" flood, 100 KB of headers or a header that
+    never ends is a 431, and the server serves afterwards."""
     from livia.commands.serve import HEADER_TIMEOUT
 
     async with SimOpenAI(SimOpenAIConfig(latency=0.05)) as model:
@@ -345,6 +345,19 @@ async def test_slowloris_silent_excess_and_oversized_connections_are_bounded(
                 big += b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
                 reader, writer = await _open(port, big)
                 answer = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+                # So is a header that never ends (httptools would grow it by copying).
+                reader, writer = await _open(port, b"GET / HTTP/1.1\r\nX-Endless: ")
+                answer = b""
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(64):  # up to 4 MB, 64 KB a write, no line end, until
+                        writer.write(b"a" * 65_536)  # the server answers (what it has not
+                        await writer.drain()  # read when it closes resets the connection)
+                        with contextlib.suppress(TimeoutError):
+                            answer += await asyncio.wait_for(reader.read(65_536), 0.2)
+                        if answer:
+                            break
                 writer.close()
                 assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
                 after = await client.post("/v1/chat", json={**body, "text": "and now?"})

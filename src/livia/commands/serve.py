@@ -91,24 +91,31 @@ class _GuardedHttp(HttpToolsProtocol):
         self._arm_header_timer()
 
     def on_message_begin(self) -> None:
-        self._header_bytes = 0
+        self._header_bytes = 0  # bytes read while this request's headers are incomplete
+        self._headers_pending = True
         super().on_message_begin()
 
-    def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
-        super().on_url(url)
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # httptools keeps an unfinished header in a buffer it grows by copying (quadratic):
+        # bound what a request may send before its headers are complete.
+        if getattr(self, "_headers_pending", False) and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._oversized = True
+                self.send_400_response("")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes = getattr(self, "_header_bytes", 0) + size
-        if self._header_bytes > MAX_HEADER_BYTES:
+    def on_headers_complete(self) -> None:
+        self._headers_pending = False
+        self._cancel_header_timer()  # a request is in: its headers are complete
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > MAX_HEADER_BYTES:  # complete, but too large (one read can hold them all)
+            self._oversized = True
             raise _HeadersTooLarge  # the parser stops; `send_400_response` answers 431
+        super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if getattr(self, "_header_bytes", 0) <= MAX_HEADER_BYTES:
+        if not getattr(self, "_oversized", False):
             super().send_400_response(msg)
             return
         body = b"Request header fields too large"
@@ -135,10 +142,6 @@ class _GuardedHttp(HttpToolsProtocol):
         if waiting_for_headers and not self.transport.is_closing():
             type(self).timed_out += 1
             self.transport.close()
-
-    def on_headers_complete(self) -> None:
-        self._cancel_header_timer()  # a request is in: its headers are complete
-        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -226,7 +229,7 @@ class _Server(uvicorn.Server):
         frozen = _freeze_startup_objects()
         livia = getattr(self._app.state, "livia", None)
         if livia is not None and livia.loop_lag is not None:
-            livia.loop_lag.gc_frozen = frozen  # shown in /stats "loop"
+            livia.loop_lag.note_frozen(frozen)  # shown in /stats "loop"
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         from sse_starlette.sse import AppStatus
