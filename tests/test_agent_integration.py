@@ -595,3 +595,77 @@ async def test_a_failure_before_the_first_delta_is_retried_transparently() -> No
     assert done.error is None and done.text == "Hello!"
     assert done.usage["total_tokens"] == 7
     assert len(seen) == 2
+
+
+async def test_a_compressed_429_is_a_rate_limit_retried_after_its_retry_after() -> None:
+    """An upstream (or proxy) that gzips its error JSON: still the SDK's RateLimitError,
+    with its Retry-After honoured, and retried (aiohttp decoded the body already)."""
+
+    async def script(n: int, request: web.Request) -> web.StreamResponse:
+        if n == 0:
+            body = {"error": {"message": "slow down", "type": "rate_limit_exceeded"}}
+            response = web.json_response(body, status=429, headers={"retry-after": "0.3"})
+            response.enable_compression(web.ContentCoding.gzip)
+            return response
+        return await _stream(request, ["Fine", "."], finish=True)
+
+    async with scripted_model(script) as (url, seen):
+        manager = ConcurrencyManager(policies())
+        async with running_agent(settings_for(url), manager) as agent:
+            started = asyncio.get_running_loop().time()
+            events = await turn(agent, "Say something")
+            took = asyncio.get_running_loop().time() - started
+
+    done = assert_well_formed(events)
+    assert done.error is None and done.text == "Fine.", done
+    assert len(seen) == 2 and took >= 0.3  # retried, after the wait the upstream asked for
+    assert manager.get_stats("openai")["http_429"] == 1
+
+
+async def test_an_event_with_bad_utf8_is_read_with_replacement_not_refused() -> None:
+    async def script(n: int, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_chunk("caf"))
+        await response.write(b'data: {"choices":[{"delta":{"content":"\xe9!"}}]}\n\n')
+        await response.write(_chunk(usage=True) + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async with scripted_model(script) as (url, seen):
+        manager = ConcurrencyManager(policies())
+        async with running_agent(settings_for(url), manager) as agent:
+            events = await turn(agent, "Say cafe")
+
+    done = assert_well_formed(events)
+    assert done.error is None and done.text == "caf\ufffd!", done
+    assert len(seen) == 1
+
+
+async def test_keep_alive_comments_are_no_progress_for_the_stall_bound() -> None:
+    """An upstream stuck after its first chunk but sending `: keep-alive` comments is
+    abandoned at `stream_idle_timeout` (0.5 s), not held to `attempt_timeout` (8 s)."""
+
+    async def script(n: int, request: web.Request) -> web.StreamResponse:
+        if n > 0:
+            return await _stream(request, ["Back", "."], finish=True)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_chunk(""))
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # 20 s of comments, no events
+                await response.write(b": keep-alive\n\n")
+                await asyncio.sleep(0.1)
+        return response
+
+    async with scripted_model(script) as (url, seen):
+        manager = ConcurrencyManager(policies())
+        settings = settings_for(url, stream_idle_timeout=0.5, attempt_timeout=8.0)
+        async with running_agent(settings, manager) as agent:
+            started = asyncio.get_running_loop().time()
+            events = await turn(agent, "Hello?")
+            took = asyncio.get_running_loop().time() - started
+
+    done = assert_well_formed(events)
+    assert done.error is None and done.text == "Back.", done
+    assert len(seen) == 2 and took < 4.0, took

@@ -39,6 +39,7 @@ slot, and everyone queued behind it, for the whole `timeout`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -211,10 +212,11 @@ class ModelClient:
 
                 def take(chunk: dict[str, Any]) -> None:
                     nonlocal waiting
+                    gap.touch()  # an event, not any bytes: keep-alive comments are no progress
                     waiting = "next chunk"
                     _take_chunk(chunk, reply, calls, on_text)
 
-                await _read_events(blocks, self.wire.request, take, gap.touch)
+                await _read_events(blocks, self.wire.request, take)
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
             if gap.expired and not whole.expired():
@@ -258,10 +260,9 @@ async def _read_events(
     blocks: AsyncIterator[bytes],
     request: httpx2.Request,
     take: Callable[[dict[str, Any]], None],
-    progress: Callable[[], None] = lambda: None,
 ) -> None:
     """Hand `take` each JSON object of a Chat Completions event stream (its body's
-    `blocks`, split anywhere), up to ``[DONE]``; `progress` is called for each block.
+    `blocks`, split anywhere), up to ``[DONE]``.
 
     As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken read
     `APIConnectionError`; after ``[DONE]`` the rest of the body is read briefly (so the
@@ -272,7 +273,6 @@ async def _read_events(
     data: list[bytes] = []
     try:
         async for block in blocks:
-            progress()
             *lines, pending = (pending + block).split(b"\n") if pending else block.split(b"\n")
             for line in lines:
                 event = _line(line, data, request)
@@ -318,7 +318,10 @@ def _event(payload: bytes, request: httpx2.Request) -> dict[str, Any] | None:
     """One event's data as an object: None for ``[DONE]``, {} for what is not an object."""
     if payload.startswith(b"[DONE]"):
         return None
-    event = orjson.loads(payload)
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:  # bad UTF-8, a lone surrogate: replaced, as json does
+        event = json.loads(payload.decode("utf-8", "replace"))
     if not isinstance(event, dict):
         return {}
     error = event.get("error")

@@ -51,6 +51,8 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     422: openai.UnprocessableEntityError,
     429: openai.RateLimitError,
 }
+#: Response headers that describe the body as sent, not as aiohttp hands it over.
+_DECODED_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
 #: What a broken transfer raises, whatever the HTTP stack: the SDK calls it a connection error.
 TRANSFER_ERRORS = (aiohttp.ClientError, ConnectionError)
 
@@ -122,10 +124,15 @@ class ModelWire:
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> openai.APIStatusError:
         """The SDK's error for a failed response, as `AsyncOpenAI` would build it."""
+        content = b""
         try:
-            content = await response.content.read(MAX_ERROR_BODY)
+            while len(content) < MAX_ERROR_BODY:
+                block = await response.content.read(MAX_ERROR_BODY - len(content))
+                if not block:
+                    break
+                content += block
         except TRANSFER_ERRORS:
-            content = b""
+            pass
         try:
             body: object = json.loads(content) if content else None
         except ValueError:
@@ -134,7 +141,12 @@ class ModelWire:
         message = f"Error code: {response.status}" + (f" - {body}" if body else "")
         reply = httpx2.Response(
             response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            # aiohttp has decoded the body already: its encoding and length no longer hold
+            headers=[
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in response.raw_headers
+                if k.lower() not in _DECODED_HEADERS
+            ],
             content=content,
             request=self.request,
         )
