@@ -48,3 +48,16 @@ async def test_none_never_times_out_and_a_quiet_block_leaves_no_timer() -> None:
         await asyncio.sleep(0.5)
     await asyncio.sleep(5)  # its timer was cancelled on exit: nothing fires later
     assert not gap.expired and not quick.expired
+
+
+async def test_its_cancellation_is_taken_back_whatever_the_block_made_of_it() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    gap = IdleTimeout(1.0)
+    with pytest.raises(RuntimeError):
+        async with gap:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise RuntimeError("turned into something else") from None
+    assert gap.expired and task.cancelling() == 0  # an outer timeout still sees its own

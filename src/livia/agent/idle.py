@@ -72,10 +72,9 @@ class IdleTimeout:
             self._handle.cancel()
             self._handle = None
         self._loop = None
-        if (
-            self.expired
-            and exc_type is asyncio.CancelledError
-            and self._task is not None
-            and self._task.uncancel() <= self._cancelling
-        ):
-            raise TimeoutError from exc
+        if self.expired and self._task is not None:
+            # Take back this timeout's cancellation whatever the block turned it into (as
+            # asyncio.Timeout does); only a cancellation that was ours becomes TimeoutError.
+            ours = self._task.uncancel() <= self._cancelling
+            if ours and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc

@@ -41,7 +41,7 @@ class LoopLag:
         self.started_at = 0.0
         self.gc_worst = 0.0  # the longest garbage collection since start, in seconds
         self.gc_total = 0.0
-        #: Objects left out of collections (`gc.freeze`), as told by whoever froze them
+        #: Objects left out of collections (`gc.freeze`), as told by `note_frozen`
         #: (counting them walks them all: too slow for every `/stats`).
         self.gc_frozen = 0
         self._gc_began = 0.0
@@ -61,6 +61,13 @@ class LoopLag:
             self._handle = None
             if self._on_gc in gc.callbacks:
                 gc.callbacks.remove(self._on_gc)
+
+    def note_frozen(self, count: int) -> None:
+        """`count` start-up objects were just frozen (`gc.freeze`): shown as
+        `gc_frozen_objects`; the pauses so far (start-up's, and the deliberate collection
+        before freezing, which nobody waited on) are forgotten."""
+        self.gc_frozen = count
+        self.gc_worst = self.gc_total = 0.0
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
