@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,12 +196,12 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
-    """The bare openai SDK: n conversations × m sequential calls, `limit` at once (if set)."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=f"{sim_url}/v1", api_key="sim", max_retries=0, timeout=120)
-    gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+async def _people(
+    n: int, m: int, send: Callable[[int, int], Awaitable[bool]], cpu: Callable[[], float]
+) -> Result:
+    """n conversations at once, each sending its m messages one after another (`send(c, i)`
+    says whether message i of conversation c was answered): makespan, the answered
+    messages' latencies, the failures, and how much `cpu` grew meanwhile."""
     latencies: list[float] = []
     failures = 0
 
@@ -209,31 +209,62 @@ async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
         nonlocal failures
         for i in range(m):
             t0 = time.perf_counter()
-            try:
-                async with gate:  # the request Livia makes: streamed, usage in the last chunk
-                    stream = await client.chat.completions.create(
-                        model="gpt-4o-mini",
-                        messages=[{"role": "user", "content": f"conversation {c} message {i}"}],
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    )
-                    text = ""
-                    async with stream:
-                        async for chunk in stream:
-                            for choice in chunk.choices[:1]:
-                                text += choice.delta.content or ""
-            except Exception:
+            if await send(c, i):
+                latencies.append(time.perf_counter() - t0)
+            else:
                 failures += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
 
-    cpu0 = time.process_time()
+    cpu0 = cpu()
     t0 = time.perf_counter()
     await asyncio.gather(*(conversation(c) for c in range(n)))
-    makespan = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
+    return Result(time.perf_counter() - t0, latencies, failures, cpu() - cpu0)
+
+
+def _aiohttp_session(n: int, base_url: str | None = None) -> Any:
+    """aiohttp's client for n people at once. Idle connections are let go before the
+    server's keep-alive (5 s) would close them: a request written as the server closes its
+    side is reset (the usual race)."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=n + 10, keepalive_timeout=3.0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    return aiohttp.ClientSession(base_url, connector=connector, timeout=timeout)
+
+
+def _chat_request(c: int, i: int) -> dict[str, Any]:
+    """The model request of message i of conversation c, as Livia makes it: streamed,
+    usage in the last chunk."""
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": f"conversation {c} message {i}"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def baseline(sim_url: str, n: int, m: int, limit: int | None) -> Result:
+    """The bare openai SDK: n conversations × m sequential calls, `limit` at once (if set)."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{sim_url}/v1", api_key="sim", max_retries=0, timeout=120)
+    gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
+
+    async def send(c: int, i: int) -> bool:
+        try:
+            async with gate:
+                stream = await client.chat.completions.create(**_chat_request(c, i))
+                text = ""
+                async with stream:
+                    async for chunk in stream:
+                        for choice in chunk.choices[:1]:
+                            text += choice.delta.content or ""
+        except Exception:
+            return False
+        return True
+
+    result = await _people(n, m, send, time.process_time)
     await client.close()
-    return Result(makespan, latencies, failures, cpu)
+    return result
 
 
 async def floor(sim_url: str, n: int, m: int, limit: int | None) -> Result:
@@ -242,41 +273,20 @@ async def floor(sim_url: str, n: int, m: int, limit: int | None) -> Result:
     upstream bound is the simulator's and this process's own CPU on shared cores."""
     import aiohttp
 
-    latencies: list[float] = []
-    failures = 0
     gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
-    connector = aiohttp.TCPConnector(limit=n + 10, keepalive_timeout=3.0)
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+    async with _aiohttp_session(n) as client:
 
-        async def conversation(c: int) -> None:
-            nonlocal failures
-            for i in range(m):
-                body = {
-                    "model": "gpt-4o-mini",
-                    "messages": [{"role": "user", "content": f"conversation {c} message {i}"}],
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-                t0 = time.perf_counter()
-                try:
-                    async with gate, client.post(f"{sim_url}/v1/chat/completions", json=body) as r:
-                        async for _ in r.content.iter_any():
-                            pass
-                        ok = r.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    failures += 1
+        async def send(c: int, i: int) -> bool:
+            url = f"{sim_url}/v1/chat/completions"
+            try:
+                async with gate, client.post(url, json=_chat_request(c, i)) as response:
+                    async for _ in response.content.iter_any():
+                        pass
+                    return bool(response.status == 200)
+            except (aiohttp.ClientError, TimeoutError):
+                return False
 
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(conversation(c) for c in range(n)))
-        makespan = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-    return Result(makespan, latencies, failures, cpu)
+        return await _people(n, m, send, time.process_time)
 
 
 async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
@@ -287,60 +297,40 @@ async def through_livia(url: str, n: int, m: int, sampler: Sampler) -> Result:
     (16.7 ms of CPU per message, measured)."""
     import aiohttp
 
-    latencies: list[float] = []
-    failures = 0
     resent = [0]
     reasons: dict[str, int] = {}
-    # Idle connections are let go before the server's keep-alive (5 s) would close them:
-    # a request written as the server closes its side is reset (the usual race).
-    connector = aiohttp.TCPConnector(limit=n + 10, keepalive_timeout=3.0)
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
+    async with _aiohttp_session(n, url) as client:
 
-        async def conversation(c: int) -> None:
-            nonlocal failures
-            for i in range(m):
-                body = {
-                    "conversation_id": f"load-{c}",
-                    "user_id": f"user-{c}",
-                    "text": f"conversation {c} message {i}",
-                    "message_id": f"load-{c}-{i}",
-                }
-                t0 = time.perf_counter()
-                ok = False
-                for _ in range(3):  # a connection the server closed as idle: send it again
-                    try:  # (same message_id: answered once)
-                        async with client.post("/v1/chat", json=body) as resp:
-                            ok = resp.status == 200 and (await resp.json()).get("error") is None
-                    except aiohttp.ClientConnectionError as exc:
-                        resent[0] += 1
-                        why = f"{type(exc).__name__}: {exc}"[:80]
-                        reasons[why] = reasons.get(why, 0) + 1
-                        continue
-                    except (aiohttp.ClientError, TimeoutError) as exc:  # counted lost
-                        why = f"{type(exc).__name__}: {exc}"[:80]
-                        reasons[why] = reasons.get(why, 0) + 1
-                    break
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    failures += 1
+        async def send(c: int, i: int) -> bool:
+            body = {
+                "conversation_id": f"load-{c}",
+                "user_id": f"user-{c}",
+                "text": f"conversation {c} message {i}",
+                "message_id": f"load-{c}-{i}",
+            }
+            for _ in range(3):  # a connection the server closed as idle: send it again
+                try:  # (same message_id: answered once)
+                    async with client.post("/v1/chat", json=body) as resp:
+                        return bool(resp.status == 200 and (await resp.json()).get("error") is None)
+                except aiohttp.ClientConnectionError as exc:
+                    resent[0] += 1
+                    why = f"{type(exc).__name__}: {exc}"[:80]
+                    reasons[why] = reasons.get(why, 0) + 1
+                    continue
+                except (aiohttp.ClientError, TimeoutError) as exc:  # counted lost
+                    why = f"{type(exc).__name__}: {exc}"[:80]
+                    reasons[why] = reasons.get(why, 0) + 1
+                    return False
+            return False
 
         sampling = asyncio.create_task(sampler.run())
-        cpu0, client0 = sampler.cpu(), time.process_time()
-        t0 = time.perf_counter()
-        await asyncio.gather(*(conversation(c) for c in range(n)))
-        makespan = time.perf_counter() - t0
-        cpu, client_cpu = sampler.cpu() - cpu0, time.process_time() - client0
+        client0 = time.process_time()
+        result = await _people(n, m, send, sampler.cpu)
+        client_cpu = time.process_time() - client0
         sampling.cancel()
         sampler.sample()
-    return Result(
-        makespan,
-        latencies,
-        failures,
-        cpu,
-        {"resent": resent[0], "client": client_cpu, "reasons": reasons},
-    )
+    result.extra = {"resent": resent[0], "client": client_cpu, "reasons": reasons}
+    return result
 
 
 async def _loop_lag(url: str, workers: int) -> dict[str, dict[str, Any]]:
