@@ -158,6 +158,7 @@ class ModelClient:
         forwarded = False
         loop = asyncio.get_running_loop()
         ends = loop.time() + self.config.timeout
+        body = self._body(messages, tools, final=final)  # the same for every attempt
 
         def forward(text: str) -> None:
             nonlocal forwarded
@@ -172,7 +173,7 @@ class ModelClient:
             if budget <= 0:
                 raise ModelTimeout(self.wire.request, "no time left for another attempt")
             try:
-                return await self._stream_once(messages, tools, forward, final=final, budget=budget)
+                return await self._stream_once(body, forward, budget=budget)
             except (asyncio.CancelledError, StreamInterrupted):
                 raise
             except Exception as exc:
@@ -190,13 +191,7 @@ class ModelClient:
         )
 
     async def _stream_once(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]],
-        on_text: Callable[[str], None],
-        *,
-        final: bool,
-        budget: float,
+        self, body: bytes, on_text: Callable[[str], None], *, budget: float
     ) -> ModelReply:
         """One attempt: open the stream and consume it to the end, within `budget` seconds
         and with no more than `[llm] stream_idle_timeout` seconds between two chunks."""
@@ -204,7 +199,6 @@ class ModelClient:
         calls: dict[int, ToolCall] = {}
         gap = IdleTimeout(self.config.stream_idle_timeout or None)
         waiting = "response"
-        body = self._body(messages, tools, final=final)
         try:
             async with asyncio.timeout(budget) as whole, gap, self.wire.stream(body) as blocks:
                 waiting = "first chunk"
@@ -234,7 +228,7 @@ class ModelClient:
 
     def _body(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]], *, final: bool
-    ) -> dict[str, Any]:
+    ) -> bytes:
         """The request's JSON, as the SDK would send it for a streamed call."""
         body: dict[str, Any] = {
             "model": self.config.model,
@@ -249,7 +243,7 @@ class ModelClient:
                 body["tool_choice"] = "none"
         if self.config.temperature is not None:
             body["temperature"] = self.config.temperature
-        return body
+        return json.dumps(body).encode()
 
 
 #: Seconds spent reading what follows ``[DONE]`` (the body's end) before letting it go.

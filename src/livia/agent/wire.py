@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -103,8 +102,9 @@ class ModelWire:
         )
 
     @contextlib.asynccontextmanager
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
-        """POST `body` and yield the response body's blocks as they arrive.
+    async def stream(self, body: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST `body` (the request's JSON) and yield the response body's blocks as they
+        arrive.
 
         A status of 400 or more raises the SDK's error for it (with the response's
         headers and JSON body); a failed connect or send raises `APIConnectionError`.
@@ -112,9 +112,7 @@ class ModelWire:
         if self._session is None or self._session.closed:
             self._session = self._open()
         try:
-            response = await self._session.post(
-                self.url, data=json.dumps(body).encode(), proxy=self.proxy
-            )
+            response = await self._session.post(self.url, data=body, proxy=self.proxy)
         except TRANSFER_ERRORS as exc:
             raise openai.APIConnectionError(request=self.request) from exc
         async with response:
