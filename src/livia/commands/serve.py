@@ -79,6 +79,11 @@ class _GuardedHttp(HttpToolsProtocol):
     header_timeout = HEADER_TIMEOUT
     refused = 0
     timed_out = 0
+    #: Per connection: a request has begun and its headers are not complete; the bytes
+    #: read meanwhile; whether its headers passed `MAX_HEADER_BYTES`.
+    _headers_pending = False
+    _header_bytes = 0
+    _oversized = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
@@ -99,7 +104,7 @@ class _GuardedHttp(HttpToolsProtocol):
         super().data_received(data)
         # httptools keeps an unfinished header in a buffer it grows by copying (quadratic):
         # bound what a request may send before its headers are complete.
-        if getattr(self, "_headers_pending", False) and not self.transport.is_closing():
+        if self._headers_pending and not self.transport.is_closing():
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._oversized = True
@@ -115,7 +120,7 @@ class _GuardedHttp(HttpToolsProtocol):
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if not getattr(self, "_oversized", False):
+        if not self._oversized:
             super().send_400_response(msg)
             return
         body = b"Request header fields too large"
