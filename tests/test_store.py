@@ -158,6 +158,9 @@ async def test_orphaned_reply_delivery_is_taken_once(store_url: str) -> None:
         taken = await live.take_deliveries(["slack"])
         assert [t.message_id for t in taken] == ["m1"]
         assert await live.take_deliveries(["slack"]) == []  # now it is live's to deliver
+        # ...once: the process that took it (its takeover scan) cannot take it again (the
+        # turn that answered it, in the same process, delivering a second time: kill -9 test)
+        assert await live.take_delivery(taken[0].seq) is None
         await live.mark_delivered(taken[0].seq)
         assert (await live.get("c1", "m1")).delivered  # type: ignore[union-attr]
 

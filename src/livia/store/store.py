@@ -501,6 +501,14 @@ class Store:
             f" AND i.heartbeat_at + i.lease > {self._now})"
         )
 
+    def _undelivered_orphan(self, alias: str = "messages") -> str:
+        """SQL: the message in `alias` is answered, its reply not delivered, and nobody alive
+        holds its delivery (its acceptor, or whoever took the delivery, is gone)."""
+        return (
+            f"{alias}.status <> 'pending' AND {alias}.delivered = 0"
+            f" AND ({alias}.accepted_by IS NULL OR NOT {self._alive(alias + '.accepted_by')})"
+        )
+
     def _claimable(self, alias: str = "messages") -> str:
         """SQL: the message in `alias` is pending and nobody alive holds it."""
         return (
@@ -757,11 +765,7 @@ class Store:
         within = ", ".join(":" + n for n in names)
 
         def orphan(alias: str) -> str:
-            return (
-                f"{alias}.status <> 'pending' AND {alias}.delivered = 0"
-                f" AND {alias}.channel IN ({within}) AND ({alias}.accepted_by IS NULL"
-                f" OR NOT {self._alive(alias + '.accepted_by')})"
-            )
+            return f"{self._undelivered_orphan(alias)} AND {alias}.channel IN ({within})"
 
         sql = (
             "UPDATE messages SET accepted_by = :me WHERE seq IN (SELECT m.seq FROM messages AS m"
@@ -775,11 +779,14 @@ class Store:
         return sorted((_turn(r) for r in rows), key=lambda t: t.seq)
 
     async def take_delivery(self, seq: int) -> StoredTurn | None:
-        """Claim one answered reply's delivery when its acceptor is gone (None otherwise)."""
+        """Claim one answered reply's delivery when its acceptor is gone (None otherwise).
+
+        A delivery this process took already is not taken again: the takeover scan
+        (`take_deliveries`) and the turn that stored the reply both ask, and only the first
+        may post it."""
         sql = (
-            "UPDATE messages SET accepted_by = :me WHERE seq = :seq AND status <> 'pending'"
-            " AND delivered = 0 AND (accepted_by IS NULL OR accepted_by = :me"
-            f" OR NOT {self._alive('messages.accepted_by')})"
+            "UPDATE messages SET accepted_by = :me WHERE seq = :seq"
+            f" AND {self._undelivered_orphan()}"
             f" RETURNING {_COLUMNS}"
         )
         async with self._single() as conn:
