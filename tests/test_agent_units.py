@@ -264,14 +264,3 @@ def test_partial_usage_from_a_compatible_server_is_kept_not_refused() -> None:
         lambda _text: None,
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 2
-
-
-def test_text_that_arrived_together_is_joined_up_to_a_bound() -> None:
-    from livia.agent.turn import _joined
-
-    assert _joined(["ab"], 1) == ["ab"]
-    assert _joined(["a" * 10] * 5, 25) == ["a" * 20, "a" * 20, "a" * 10]
-    assert _joined(["x", "y" * 40, "z"], 25) == ["x", "y" * 40, "z"]  # a long piece alone
-    assert "".join(_joined([str(i) for i in range(1000)], 64)) == "".join(
-        str(i) for i in range(1000)
-    )

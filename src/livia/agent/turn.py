@@ -36,10 +36,6 @@ from livia.files import FileFailed, FileWork
 
 log = logging.getLogger(__name__)
 
-#: Most characters of text a model call's pieces are joined into for one delta: a burst of
-#: them goes on in a few deltas, not one whose size alone would overflow a stream's buffer.
-DELTA_MOST_CHARS = 16_384
-
 
 class Agent:
     """Answers turns with the `[llm]` model and the `[mcp]` tools; satisfies `Responder`.
@@ -204,33 +200,17 @@ class Agent:
         """One model call, relayed as it streams: text pieces, then the reply or the error.
 
         The call runs in its own task (the manager holds the slot while the task consumes
-        the stream); its text crosses over through a list, and what arrived while this
-        generator was away goes on as one piece (under load, a network read often brings
-        several chunks: one hop for them all, not one each). Closing this generator early
+        the stream); pieces cross over through a queue. Closing this generator early
         cancels the call.
         """
-        pieces: list[str] = []
-        ready = asyncio.Event()
-
-        def on_text(text: str) -> None:
-            pieces.append(text)
-            ready.set()
-
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
         task = asyncio.create_task(
-            self.model.complete(messages, tools, key=key, on_text=on_text, final=final)
+            self.model.complete(messages, tools, key=key, on_text=queue.put_nowait, final=final)
         )
-        task.add_done_callback(lambda _: ready.set())
+        task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                if pieces:
-                    waiting = _joined(pieces, DELTA_MOST_CHARS)
-                    pieces.clear()
-                    for text in waiting:
-                        yield text
-                if task.done() and not pieces:
-                    break
+            while (piece := await queue.get()) is not None:
+                yield piece
             try:
                 yield task.result()
             except Exception as exc:
@@ -330,24 +310,6 @@ def _parse_arguments(raw: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _joined(pieces: list[str], most: int) -> list[str]:
-    """`pieces` in order, consecutive ones joined while the result stays within `most`
-    characters (a longer piece stays alone)."""
-    if len(pieces) == 1:
-        return [pieces[0]]
-    out: list[str] = []
-    run: list[str] = []
-    size = 0
-    for piece in pieces:
-        if run and size + len(piece) > most:
-            out.append("".join(run))
-            run, size = [], 0
-        run.append(piece)
-        size += len(piece)
-    out.append("".join(run))
-    return out
 
 
 def _add_usage(usage: dict[str, int], reply: ModelReply) -> None:
