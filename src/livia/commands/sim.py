@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from livia.commands.loop import fast_loop_factory
 from livia.sim.latency import parse_latency
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"livia sim {args.upstream}: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(sim, args.host, args.port, mcp=args.upstream == "mcp"))
+        with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
+            runner.run(_serve(sim, args.host, args.port, mcp=args.upstream == "mcp"))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
