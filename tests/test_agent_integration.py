@@ -577,6 +577,33 @@ async def test_a_stream_broken_after_text_is_not_retried_and_text_is_not_repeate
     assert len(seen) == 1  # not retried: a second attempt would repeat "Hello wor"
 
 
+async def test_when_nobody_reads_the_stream_a_reply_broken_midway_is_asked_again_whole() -> None:
+    """A turn nobody streams (an HTTP request waiting for the whole reply: no listeners)
+    shows no text before its end, so a stream broken after its first words is an ordinary
+    failed attempt: retried, and the reply is the second attempt's, whole, in one delta."""
+    from livia.conversations.turn import Listeners, run_turn
+    from livia.conversations.types import IncomingMessage
+
+    async def script(n: int, request: web.Request) -> web.StreamResponse:
+        if n % 2 == 0:  # each turn's first attempt breaks
+            return await _stream(request, ["Hello", " wor"], finish=False)
+        return await _stream(request, ["Hello", " world"], finish=True)
+
+    async with scripted_model(script) as (url, seen):
+        manager = ConcurrencyManager(policies())
+        async with running_agent(settings_for(url), manager) as agent:
+            events = [e async for e in agent.respond([], "Say hello", key="u", stream=False)]
+            assert len(seen) == 2
+            msg = IncomingMessage("c", "u", "Say hello", "m1")
+            reply = await run_turn(agent, [], msg, Listeners(msg), timeout=30)
+
+    done = assert_well_formed(events)
+    assert done.error is None and done.text == "Hello world"
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello world"]
+    assert reply.error is None and reply.text == "Hello world"  # run_turn: nobody listened
+    assert len(seen) == 4  # each turn: the broken attempt, then the whole one
+
+
 async def test_a_failure_before_the_first_delta_is_retried_transparently() -> None:
     async def script(n: int, request: web.Request) -> web.StreamResponse:
         if n == 0:

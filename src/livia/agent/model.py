@@ -14,6 +14,10 @@ that is made retry-safe like this:
 * as a belt-and-braces guard, an operation called again after text was forwarded raises
   `StreamInterrupted` at once without calling the model, whatever the manager decided.
 
+With no `on_text` (nobody reads the reply as it is written: an HTTP request that waits
+for the whole reply) nothing is shown before the end, so a stream that breaks mid-reply is
+an ordinary failed attempt too, and the turn's task is not woken once per delta.
+
 Tool-call deltas are only accumulated, never forwarded, so a retried attempt that produces
 tool calls cannot duplicate anything.
 
@@ -146,10 +150,11 @@ class ModelClient:
         tools: Sequence[dict[str, Any]],
         *,
         key: str,
-        on_text: Callable[[str], None],
+        on_text: Callable[[str], None] | None = None,
         final: bool = False,
     ) -> ModelReply:
-        """Run one model step; `on_text` gets each text delta as it arrives (see module doc).
+        """Run one model step; `on_text` gets each text delta as it arrives (see module doc;
+        None: nobody reads the text before the reply is whole).
 
         `final` asks the model to answer in text (tool_choice "none"): the last step of a turn.
         Raises what the manager raises once retries are spent (an `openai.APIError`,
@@ -160,10 +165,16 @@ class ModelClient:
         ends = loop.time() + self.config.timeout
         body = self._body(messages, tools, final=final)  # the same for every attempt
 
-        def forward(text: str) -> None:
-            nonlocal forwarded
-            forwarded = True
-            on_text(text)
+        sink: Callable[[str], None] | None = None
+        if on_text is not None:
+            show = on_text
+
+            def forward(text: str) -> None:
+                nonlocal forwarded
+                forwarded = True
+                show(text)
+
+            sink = forward
 
         async def attempt() -> ModelReply:
             if forwarded:
@@ -173,7 +184,7 @@ class ModelClient:
             if budget <= 0:
                 raise ModelTimeout(self.wire.request, "no time left for another attempt")
             try:
-                return await self._stream_once(body, forward, budget=budget)
+                return await self._stream_once(body, sink, budget=budget)
             except (asyncio.CancelledError, StreamInterrupted):
                 raise
             except Exception as exc:
@@ -191,7 +202,7 @@ class ModelClient:
         )
 
     async def _stream_once(
-        self, body: bytes, on_text: Callable[[str], None], *, budget: float
+        self, body: bytes, on_text: Callable[[str], None] | None, *, budget: float
     ) -> ModelReply:
         """One attempt: open the stream and consume it to the end, within `budget` seconds
         and with no more than `[llm] stream_idle_timeout` seconds between two chunks."""
@@ -331,7 +342,7 @@ def _take_chunk(
     chunk: dict[str, Any],
     reply: ModelReply,
     calls: dict[int, ToolCall],
-    on_text: Callable[[str], None],
+    on_text: Callable[[str], None] | None,
 ) -> None:
     """Add one stream chunk to `reply` (text forwarded to `on_text`, tool calls gathered)."""
     usage = chunk.get("usage")
@@ -345,7 +356,8 @@ def _take_chunk(
         content = delta.get("content")
         if content:
             reply.text += content
-            on_text(content)
+            if on_text is not None:
+                on_text(content)
         for part in delta.get("tool_calls") or ():
             call = calls.setdefault(int(part.get("index") or 0), ToolCall(id="", name=""))
             if part.get("id"):

@@ -94,8 +94,13 @@ class Agent:
         *,
         key: str,
         files: Sequence[Mapping[str, Any]] = (),
+        stream: bool = True,
     ) -> AsyncIterator[TurnEvent]:
         """Answer `text` given `history`, streaming events (see the module doc for the order).
+
+        `stream` False: nobody reads the reply as it is written, so each model step's text
+        comes as one `TextDelta` when the step ends (and a stream that broke mid-reply may be
+        tried again: nobody saw its start).
 
         `files` are the message's file references (`livia.files.refs`): images join the
         user's message as ``image_url`` parts, transcripts and documents' text as text; the
@@ -136,7 +141,8 @@ class Agent:
             reply: ModelReply | None = None
             failure: BaseException | None = None
             separated = not reply_text or reply_text[-1].isspace()
-            async for piece in self._model_step(messages, tools, key=key, final=final):
+            pieces = self._model_step(messages, tools, key=key, final=final, live=stream)
+            async for piece in pieces:
                 if isinstance(piece, str):
                     if not separated:
                         reply_text += "\n\n"
@@ -189,20 +195,36 @@ class Agent:
     async def answer(self, history: Sequence[ChatMessage], text: str, *, key: str) -> TurnDone:
         """Run a whole turn and return its `TurnDone` (for callers that do not stream)."""
         done = TurnDone("", error="internal")
-        async for event in self.respond(history, text, key=key):
+        async for event in self.respond(history, text, key=key, stream=False):
             if isinstance(event, TurnDone):
                 done = event
         return done
 
     async def _model_step(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, key: str, final: bool
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        *,
+        key: str,
+        final: bool,
+        live: bool = True,
     ) -> AsyncIterator[str | ModelReply | BaseException]:
         """One model call, relayed as it streams: text pieces, then the reply or the error.
 
-        The call runs in its own task (the manager holds the slot while the task consumes
-        the stream); pieces cross over through a queue. Closing this generator early
-        cancels the call.
+        `live`: the call runs in its own task (the manager holds the slot while the task
+        consumes the stream); pieces cross over through a queue. Closing this generator
+        early cancels the call. Not `live`: the text is one piece, once the reply is whole.
         """
+        if not live:
+            try:
+                reply = await self.model.complete(messages, tools, key=key, final=final)
+            except Exception as exc:
+                yield exc
+                return
+            if reply.text:
+                yield reply.text
+            yield reply
+            return
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         task = asyncio.create_task(
             self.model.complete(messages, tools, key=key, on_text=queue.put_nowait, final=final)

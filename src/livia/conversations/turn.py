@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +32,10 @@ class Listeners:
     def add(self, sink: EventSink) -> None:
         """Send this turn's next events to `sink` too."""
         self._sinks.append(sink)
+
+    def __bool__(self) -> bool:
+        """Whether anyone listens (nobody: the turn's text may come whole, at its end)."""
+        return bool(self._sinks)
 
     async def emit(self, event: TurnEvent) -> None:
         """Hand `event` to every sink, in order, each within the timeout; then let the loop
@@ -100,7 +106,9 @@ async def _run_turn(
     try:
         async with asyncio.timeout(timeout):
             files = msg.meta.get("files") if msg.meta else None
-            extra = {"files": files} if files else {}  # only responders that read files
+            extra: dict[str, Any] = {"files": files} if files else {}  # see `Responder`
+            if not listeners and _takes_stream(type(responder)):
+                extra["stream"] = False  # nobody reads the text as it comes
             async for event in responder.respond(history, msg.text, key=msg.user_id, **extra):
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
@@ -124,6 +132,16 @@ async def _run_turn(
     if done is None:
         done = await _close(listeners, TurnDone(text="".join(parts)))
     return Reply(msg.conversation_id, msg.message_id, done.text, error=done.error)
+
+
+@functools.cache
+def _takes_stream(kind: type[Responder]) -> bool:
+    """Whether a responder class's `respond` takes the `stream` keyword (see `Responder`)."""
+    try:
+        parameters = inspect.signature(kind.respond).parameters.values()
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return any(p.name == "stream" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 async def _close(listeners: Listeners, done: TurnDone) -> TurnDone:

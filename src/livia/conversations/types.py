@@ -42,7 +42,12 @@ class Reply:
 
 
 class Responder(Protocol):
-    """What answers one turn (the agent): history so far plus the new text -> events."""
+    """What answers one turn (the agent): history so far plus the new text -> events.
+
+    It may get two more keywords: ``files``, the message's file references, when it has
+    some; and, only if its `respond` declares it, ``stream=False`` when nobody reads the
+    reply as it is written (its text may then come in fewer, larger deltas).
+    """
 
     def respond(
         self, history: Sequence[ChatMessage], text: str, *, key: str
