@@ -86,6 +86,8 @@ class ModelWire:
         self.connect_timeout = connect_timeout
         self.request = httpx2.Request("POST", self.url)
         self.proxy = proxy_for(self.url)
+        #: Streams open now (from the POST to the end of the body).
+        self.streams = 0
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -111,14 +113,18 @@ class ModelWire:
         """
         if self._session is None or self._session.closed:
             self._session = self._open()
+        self.streams += 1
         try:
-            response = await self._session.post(self.url, data=body, proxy=self.proxy)
-        except TRANSFER_ERRORS as exc:
-            raise openai.APIConnectionError(request=self.request) from exc
-        async with response:
-            if response.status >= 400:
-                raise await self._status_error(response)
-            yield response.content.iter_any()
+            try:
+                response = await self._session.post(self.url, data=body, proxy=self.proxy)
+            except TRANSFER_ERRORS as exc:
+                raise openai.APIConnectionError(request=self.request) from exc
+            async with response:
+                if response.status >= 400:
+                    raise await self._status_error(response)
+                yield response.content.iter_any()
+        finally:
+            self.streams -= 1
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> openai.APIStatusError:
         """The SDK's error for a failed response, as `AsyncOpenAI` would build it."""
