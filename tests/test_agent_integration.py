@@ -604,30 +604,6 @@ async def test_when_nobody_reads_the_stream_a_reply_broken_midway_is_asked_again
     assert len(seen) == 4  # each turn: the broken attempt, then the whole one
 
 
-async def test_many_streams_nobody_watches_are_read_in_gulps_and_whole() -> None:
-    """Past `BUSY_STREAMS` open streams, a turn nobody streams reads its model stream in
-    gulps (issue 12: fewer wake-ups at a thousand streams); every reply is still whole."""
-    from livia.agent.model import BUSY_STREAMS
-
-    async with SimOpenAI(SimOpenAIConfig(latency=0.5, seed=3)) as sim:
-        wide = ApiPolicy(max_concurrent=500, retry_attempts=3, **FAST)  # type: ignore[arg-type]
-        manager = ConcurrencyManager(policies(openai=wide))
-        async with running_agent(settings_for(sim.url), manager) as agent:
-
-            async def ask(i: int) -> TurnDone:
-                events = [
-                    e async for e in agent.respond([], f"count to {i}", key=f"u{i}", stream=False)
-                ]
-                return assert_well_formed(events)
-
-            count = BUSY_STREAMS + 16
-            dones = await asyncio.gather(*(ask(i) for i in range(count)))
-            assert agent.model.wire.streams == 0
-
-    assert all(d.error is None and d.text for d in dones)
-    assert sim.stats.requests == count and sim.stats.streamed == count  # none retried
-
-
 async def test_a_failure_before_the_first_delta_is_retried_transparently() -> None:
     async def script(n: int, request: web.Request) -> web.StreamResponse:
         if n == 0:

@@ -181,20 +181,6 @@ async def test_stream_reader_joins_events_split_anywhere_and_drains_after_done()
     assert response.consumed  # read to the end: the connection can be reused
 
 
-async def test_stream_reader_in_gulps_takes_the_same_events() -> None:
-    """With a pause between reads (a stream nobody watches, under load) the events are
-    the same, and [DONE] still ends the read at once."""
-    from livia.agent.model import _read_events
-
-    body = b"".join(b'data: {"choices":[{"delta":{"content":"%d"}}]}\n\n' % i for i in range(20))
-    parts = [body[i : i + 37] for i in range(0, len(body), 37)] + [b"data: [DONE]\n\n"]
-    plain = await _events(_sse(*parts))
-    gulped: list[dict[str, object]] = []
-    response = _Body(*parts, after="hang")  # nothing after [DONE] but a silent connection
-    await _read_events(aiter(response), _REQUEST, gulped.append, pause=0.001)
-    assert gulped == plain and len(plain) == 20
-
-
 async def test_stream_reader_takes_a_last_event_without_its_blank_line() -> None:
     events = await _events(_sse(b'data: {"choices":[{"delta":{"content":"x"}}]}'))
     assert events == [{"choices": [{"delta": {"content": "x"}}]}]

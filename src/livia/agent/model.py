@@ -221,8 +221,7 @@ class ModelClient:
                     waiting = "next chunk"
                     _take_chunk(chunk, reply, calls, on_text)
 
-                gulps = on_text is None and self.wire.streams > BUSY_STREAMS
-                await _read_events(blocks, self.wire.request, take, pause=_GULP if gulps else 0)
+                await _read_events(blocks, self.wire.request, take)
         except TimeoutError:
             # A retryable error for the manager (it is one only before any text was sent).
             if gap.expired and not whole.expired():
@@ -258,14 +257,6 @@ class ModelClient:
         return json.dumps(body).encode()
 
 
-#: With more streams than this open at once, a stream nobody watches (no `on_text`) is
-#: read in gulps, every `_GULP` seconds, not once per network read: a thousand streams
-#: of dozens of chunks each would wake the loop tens of thousands of times a second. Fewer
-#: streams (a rate-limited upstream's few slots) are read as the bytes come, so no slot is
-#: held a moment longer than its stream.
-BUSY_STREAMS = 64
-_GULP = 0.05
-
 #: Seconds spent reading what follows ``[DONE]`` (the body's end) before letting it go.
 _DRAIN_SECONDS = 0.1
 
@@ -274,8 +265,6 @@ async def _read_events(
     blocks: AsyncIterator[bytes],
     request: httpx2.Request,
     take: Callable[[dict[str, Any]], None],
-    *,
-    pause: float = 0.0,
 ) -> None:
     """Hand `take` each JSON object of a Chat Completions event stream (its body's
     `blocks`, split anywhere), up to ``[DONE]``.
@@ -283,8 +272,7 @@ async def _read_events(
     As the SDK's own stream: an ``error`` event raises `openai.APIError`, a broken read
     `APIConnectionError`; after ``[DONE]`` the rest of the body is read briefly (so the
     connection can be reused) and nothing there can spoil a reply that is complete. A plain
-    loop with callbacks, not an async generator: it runs once per network read, or once
-    per `pause` seconds (whatever came meanwhile) when a pause is given.
+    loop with callbacks, not an async generator: it runs once per network read.
     """
     pending = b""
     data: list[bytes] = []
@@ -298,8 +286,6 @@ async def _read_events(
                     return
                 if event:
                     take(event)
-            if pause:
-                await asyncio.sleep(pause)
     except TRANSFER_ERRORS as exc:
         raise APIConnectionError(request=request) from exc
     # The body ended without the blank line after its last event (or its last line's end).

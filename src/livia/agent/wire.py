@@ -86,8 +86,6 @@ class ModelWire:
         self.connect_timeout = connect_timeout
         self.request = httpx2.Request("POST", self.url)
         self.proxy = proxy_for(self.url)
-        #: Streams open now (from the POST to the end of the body).
-        self.streams = 0
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -113,18 +111,14 @@ class ModelWire:
         """
         if self._session is None or self._session.closed:
             self._session = self._open()
-        self.streams += 1
         try:
-            try:
-                response = await self._session.post(self.url, data=body, proxy=self.proxy)
-            except TRANSFER_ERRORS as exc:
-                raise openai.APIConnectionError(request=self.request) from exc
-            async with response:
-                if response.status >= 400:
-                    raise await self._status_error(response)
-                yield response.content.iter_any()
-        finally:
-            self.streams -= 1
+            response = await self._session.post(self.url, data=body, proxy=self.proxy)
+        except TRANSFER_ERRORS as exc:
+            raise openai.APIConnectionError(request=self.request) from exc
+        async with response:
+            if response.status >= 400:
+                raise await self._status_error(response)
+            yield response.content.iter_any()
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> openai.APIStatusError:
         """The SDK's error for a failed response, as `AsyncOpenAI` would build it."""
