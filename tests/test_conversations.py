@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -413,3 +414,44 @@ async def test_a_reply_that_cannot_be_stored_is_never_delivered_and_is_answered_
         finally:
             await conv.aclose()
             await store.close()
+
+
+async def test_a_history_read_the_store_drops_is_tried_again_and_answered_once(
+    postgres: Any,
+) -> None:
+    """The database drops the connections a message's history is read on, just before the
+    read: it is tried again and the message answered once, seeing the history. (Before,
+    the failed read ended the conversation's worker and the message stayed claimed by this
+    live process, unanswered until it restarted.)"""
+    import asyncpg
+
+    url = postgres.new_database()
+    store = Store(url, lease=10.0)
+    await store.open()
+    responder = EchoResponder()
+    conv = Conversations(responder, store, scan_interval=60.0)
+    await conv.start()
+    try:
+        for i in range(1, 7):  # five history reads: every read connection is open
+            await conv.submit(_msg("t", str(i)))
+        admin = await asyncpg.connect(url)
+        try:  # the read connections: their last statement was a SELECT
+            dropped = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query LIKE 'SELECT%'"
+            )
+        finally:
+            await admin.close()
+        assert dropped >= 1
+        ticket = await conv.accept(_msg("t", "7"))  # the next read is its history's
+        reply = await ticket.wait(timeout=20)
+        assert reply.text == "echo: t/7" and reply.error is None
+        assert responder.texts().count("t/7") == 1
+        _, _, history = responder.calls[-1]
+        assert [m.content for m in history][-2:] == ["t/6", "echo: t/6"]
+        stored = await store.get("t", "7")
+        assert stored is not None and stored.status == "answered"
+    finally:
+        await conv.aclose()
+        await store.close()

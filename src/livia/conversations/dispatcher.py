@@ -32,9 +32,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from livia.conversations.errors import Busy, MessageIdConflict, NotRunning, UnknownConversation
 from livia.conversations.locks import KeyedLocks
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from livia.store import Store, StoredTurn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _Key = tuple[str, str]  # (conversation_id, message_id)
 
@@ -422,7 +424,15 @@ class Conversations:
             msg.message_id,
             turn.attempts,
         )
-        history = _prior_history(turn.meta) if job.first else await self._history_before(turn)
+        if job.first:
+            history: list[ChatMessage] | Exception = _prior_history(turn.meta)
+        else:
+            history = await self._retrying(
+                "read the history", msg, lambda: self._history_before(turn)
+            )
+        if isinstance(history, Exception):  # cannot read it now: answered later
+            self._answer_later(job, history, "the conversation so far could not be read")
+            return None
         reply = await run_turn(
             self._responder, history, msg, job.listeners, timeout=self._turn_timeout
         )
@@ -433,17 +443,7 @@ class Conversations:
         delivered = not delivers or (local and job.waiters > 0)
         done = await self._store_reply(reply, delivered=delivered)
         if isinstance(done, Exception):  # cannot store it now: not delivered, answered later
-            self._jobs.pop(turn.key, None)
-            self._unstored.add(turn.seq)
-            self._wake_scan.set()
-            if not job.future.done():
-                error = NotRunning(
-                    "the message store is unavailable, so the reply could not be kept; "
-                    "the message is kept and answered once the store recovers"
-                )
-                error.__cause__ = done
-                job.future.set_exception(error)
-                job.future.exception()
+            self._answer_later(job, done, "the reply could not be kept")
             return None
         if not done.stored:
             self._counts["fenced"] += 1
@@ -480,6 +480,22 @@ class Conversations:
             return None
         return self._take(done.next)
 
+    def _answer_later(self, job: _Job, failure: Exception, what: str) -> None:
+        """Give up on answering `job` now (the store failed): its claim is given back at the
+        next scan that reaches the store, and whoever takes it answers it then. Its waiters
+        hear why; asking again with the same message_id finds the reply once it exists."""
+        self._jobs.pop(job.turn.key, None)
+        self._unstored.add(job.turn.seq)
+        self._wake_scan.set()
+        if not job.future.done():
+            error = NotRunning(
+                f"the message store is unavailable, so {what}; "
+                "the message is kept and answered once the store recovers"
+            )
+            error.__cause__ = failure
+            job.future.set_exception(error)
+            job.future.exception()
+
     async def _store_write(self, write: Any) -> Any:
         """Await one store write, noting whether the store takes writes (readiness)."""
         from livia.store import StoreError
@@ -495,24 +511,37 @@ class Conversations:
     async def _store_reply(self, reply: Reply, *, delivered: bool) -> Any:
         """`store.complete` with retries while the lease lasts; the last `StoreError` when
         it never worked."""
+        return await self._retrying(
+            "store the reply",
+            reply,
+            lambda: self._store_write(
+                self._store.complete(reply, delivered=delivered, claim_next=True)
+            ),
+        )
+
+    async def _retrying(
+        self, what: str, msg: IncomingMessage | Reply, attempt: Callable[[], Awaitable[T]]
+    ) -> T | Exception:
+        """`attempt()` again after a `StoreError`, backing off, while the lease lasts (so
+        a blip of the store costs a moment, not the message); the last `StoreError` when it
+        never worked."""
         from livia.store import StoreError
 
         delay = 0.05
         while True:
             try:
-                return await self._store_write(
-                    self._store.complete(reply, delivered=delivered, claim_next=True)
-                )
+                return await attempt()
             except StoreError as exc:
                 if not self._running or time.monotonic() + delay > self._lease_until:
                     log.error(
-                        "could not store the reply conversation_id=%s message_id=%s: %s",
-                        reply.conversation_id,
-                        reply.message_id,
+                        "could not %s conversation_id=%s message_id=%s: %s",
+                        what,
+                        msg.conversation_id,
+                        msg.message_id,
                         exc,
                     )
                     return exc
-                log.warning("retrying to store a reply in %.2f s: %s", delay, exc)
+                log.warning("retrying to %s in %.2f s: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -624,7 +653,7 @@ class Conversations:
         """Claim what no live process holds, up to the free slots; deliver orphaned replies."""
         if not self._running or self._fenced:
             return
-        if self._unstored:  # replies that could not be stored: let their messages be retaken
+        if self._unstored:  # turns the store failed (`_answer_later`): let them be retaken
             seqs = list(self._unstored)
             released = await self._store_write(self._store.release(seqs))
             self._unstored.difference_update(seqs)
