@@ -104,6 +104,20 @@ def test_model_failures_become_short_honest_apologies() -> None:
     assert limited.code == "model_rate_limited"
     assert limited.apology == "Sorry — the model is rate-limited; try again in ~40 s."
 
+    # The wait named is the spent limit's reset, as the manager reads it (requests remain;
+    # the tokens are spent until 6m0s from now), not the first reset header found.
+    tokens_spent = _status_error(
+        openai.RateLimitError,
+        429,
+        **{
+            "x-ratelimit-remaining-requests": "99",
+            "x-ratelimit-reset-requests": "1s",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "6m0s",
+        },
+    )
+    assert model_failure(tokens_spent).retry_after == 360.0
+
     down = model_failure(_status_error(openai.InternalServerError, 503))
     assert down.code == "model_unavailable" and "HTTP 503" in down.apology
 

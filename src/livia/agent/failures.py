@@ -6,9 +6,7 @@ trace, an internal URL or a secret.
 
 from __future__ import annotations
 
-import email.utils
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +14,7 @@ import httpx2
 import openai
 
 from livia.concurrency import CapacityExhausted, CircuitOpen, CoordinationUnavailable
+from livia.concurrency import retry_after_from as headers_retry_after
 
 
 class StreamInterrupted(Exception):
@@ -89,38 +88,10 @@ def available_at(exc: CapacityExhausted) -> datetime:
 
 
 def retry_after_from(exc: BaseException) -> float | None:
-    """Seconds an upstream asked us to wait, from its error response headers, if any."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    try:
-        if (ms := headers.get("retry-after-ms")) is not None:
-            return max(0.0, float(ms) / 1000)
-        if (value := headers.get("retry-after")) is not None:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, (when - datetime.now(UTC)).total_seconds())
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-            if (value := headers.get(name)) is not None:
-                return _parse_duration(value)
-    except (TypeError, ValueError):
-        return None
-    return None
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def _parse_duration(value: str) -> float | None:
-    """Parse OpenAI's `6m0s` / `1.5s` / `250ms` reset durations."""
-    parts = _DURATION_PART.findall(value)
-    if not parts:
-        return None
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(number) * scale[unit] for number, unit in parts)
+    """Seconds an upstream asked us to wait, from its error response's headers, if any (read
+    as the manager reads them: `livia.concurrency.retry_after_from`)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return None if headers is None else headers_retry_after(headers)
 
 
 def model_failure(exc: BaseException) -> ModelFailure:
