@@ -150,6 +150,27 @@ async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> No
     assert stats["zapier"]["successful_requests"] == 1
 
 
+async def test_a_turn_nobody_streams_runs_its_tools_and_ends_with_the_same_text() -> None:
+    """`stream=False` (no listener): the same tool call, the same reply text, the text of
+    each model step in one delta."""
+    async with (
+        SimOpenAI(SimOpenAIConfig(latency=0.05)) as model,
+        SimMcp(SimMcpConfig(latency=0.05)) as tools,
+    ):
+        server = McpServerConfig(name="zapier", url=tools.url, timeout=5.0)
+        manager = ConcurrencyManager(policies())
+        async with running_agent(settings_for(model.url, [server]), manager) as agent:
+            ask = "Please create a task to call the dentist"
+            streamed = await turn(agent, ask)
+            whole = [e async for e in agent.respond([], ask, key="user-1", stream=False)]
+
+    done = assert_well_formed(whole)
+    assert done.error is None and done.text == assert_well_formed(streamed).text
+    assert [e.kind for e in whole] == ["tool_started", "tool_finished", "text", "done"]
+    assert 'Task created in Todoist: "Call the dentist"' in done.text
+    assert tools.stats.tool_calls == 2 and model.stats.streamed == 4
+
+
 async def test_a_stdio_server_from_pypi_answers_through_the_agent() -> None:
     server = McpServerConfig(
         name="time",
