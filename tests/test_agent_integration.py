@@ -116,7 +116,9 @@ def free_port() -> int:
 # --- the happy paths ----------------------------------------------------------------------
 
 
-async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> None:
+@contextlib.asynccontextmanager
+async def zapier_agent() -> AsyncIterator[tuple[Agent, SimOpenAI, SimMcp, ConcurrencyManager]]:
+    """An agent on the simulated model with the simulated Zapier tools, both at 50 ms."""
     async with (
         SimOpenAI(SimOpenAIConfig(latency=0.05)) as model,
         SimMcp(SimMcpConfig(latency=0.05)) as tools,
@@ -124,15 +126,20 @@ async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> No
         server = McpServerConfig(name="zapier", url=tools.url, timeout=5.0)
         manager = ConcurrencyManager(policies())
         async with running_agent(settings_for(model.url, [server]), manager) as agent:
-            assert agent.tools == [
-                "zapier.create_task",
-                "zapier.search_files",
-                "zapier.schedule_event",
-                "zapier.list_events",
-                "zapier.send_email",
-            ]
-            events = await turn(agent, "Please create a task to call the dentist")
-            stats = manager.get_stats()
+            yield agent, model, tools, manager
+
+
+async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> None:
+    async with zapier_agent() as (agent, model, tools, manager):
+        assert agent.tools == [
+            "zapier.create_task",
+            "zapier.search_files",
+            "zapier.schedule_event",
+            "zapier.list_events",
+            "zapier.send_email",
+        ]
+        events = await turn(agent, "Please create a task to call the dentist")
+        stats = manager.get_stats()
 
     done = assert_well_formed(events)
     assert done.error is None
@@ -153,16 +160,10 @@ async def test_http_tools_are_listed_called_and_reach_the_streamed_reply() -> No
 async def test_a_turn_nobody_streams_runs_its_tools_and_ends_with_the_same_text() -> None:
     """`stream=False` (no listener): the same tool call, the same reply text, the text of
     each model step in one delta."""
-    async with (
-        SimOpenAI(SimOpenAIConfig(latency=0.05)) as model,
-        SimMcp(SimMcpConfig(latency=0.05)) as tools,
-    ):
-        server = McpServerConfig(name="zapier", url=tools.url, timeout=5.0)
-        manager = ConcurrencyManager(policies())
-        async with running_agent(settings_for(model.url, [server]), manager) as agent:
-            ask = "Please create a task to call the dentist"
-            streamed = await turn(agent, ask)
-            whole = [e async for e in agent.respond([], ask, key="user-1", stream=False)]
+    async with zapier_agent() as (agent, model, tools, _):
+        ask = "Please create a task to call the dentist"
+        streamed = await turn(agent, ask)
+        whole = [e async for e in agent.respond([], ask, key="user-1", stream=False)]
 
     done = assert_well_formed(whole)
     assert done.error is None and done.text == assert_well_formed(streamed).text
